@@ -1,0 +1,34 @@
+# make lectures   set up .venv if needed, then run every notebook headlessly (quick profile) into build/
+# make test       set up .venv if needed, then lint (ruff) and run the tests (pytest)
+# make lab        open the series in JupyterLab
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+
+.PHONY: setup lectures test lab prefetch clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -r requirements-dev.txt -e .
+	touch $(STAMP)
+
+lectures: $(STAMP)
+	$(BIN)/python -m helpers lectures --profile $(PROFILE)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+prefetch: $(STAMP)
+	$(BIN)/python -m helpers prefetch
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

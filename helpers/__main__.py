@@ -1,0 +1,61 @@
+"""Command line: ``python -m helpers lectures`` and ``python -m helpers prefetch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _lectures(args) -> int:
+    from . import lectures
+
+    paths = [Path(p) for p in args.notebooks] or lectures.list_notebooks()
+    out = Path(args.out)
+    results = lectures.run_all(paths, out, args.profile)
+    total = sum(r.seconds for r in results)
+    print(f"\n{len(results)} notebooks ran in {total:.0f} s ({args.profile} profile).")
+    print(f"Executed notebooks: {out.resolve()}\nFigures:            {(out / 'figures').resolve()}")
+    return 0
+
+
+def _prefetch(args) -> int:
+    from . import data, runtime
+
+    print(f"Cache: {runtime.cache_dir()}")
+    for name in args.data or sorted(data.REGISTRY):
+        path = data.fetch(name)
+        print(f"  {name:18s} {path}")
+    try:
+        from . import weights
+    except ImportError:
+        return 0
+    for size in args.gpt2:
+        weights.prefetch_gpt2(size)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("lectures", help="execute the lecture notebooks headlessly into a build folder")
+    p.add_argument("notebooks", nargs="*", help="notebooks to run (default: all in notebooks/)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--out", default="build/lectures", help="folder for executed notebooks and figures")
+    p.set_defaults(func=_lectures)
+
+    p = sub.add_parser("prefetch", help="download everything the series needs, before class")
+    p.add_argument("--data", nargs="*", default=None, help="data files to fetch (default: all)")
+    p.add_argument(
+        "--gpt2", nargs="*", default=["124M", "355M"],
+        help="GPT-2 sizes whose weights to download (default: 124M 355M; pass none to skip)",
+    )
+    p.set_defaults(func=_prefetch)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

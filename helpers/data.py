@@ -1,0 +1,231 @@
+"""The lecture data: one registry, one fetch function, and the pretraining dataset and loaders.
+
+``fetch(name)`` looks for a file in this order and returns the first verified copy:
+
+1. the cache (``LECTURES_CACHE``/data),
+2. the mirror folder (``LECTURES_MIRROR``), copied into the cache,
+3. the network: the canonical URL, then the backups (see :mod:`helpers.download`).
+
+A file is only ever used after its SHA-256 matched the registry.
+
+Run ``python -m helpers prefetch`` before class to download everything the series needs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import runtime
+from .download import DownloadError, copy_verified, download, is_valid, verify_file
+from .tokenizer import get_tokenizer
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file the lectures use, with where to get it and how to recognise it."""
+
+    name: str
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str
+    size: int
+    description: str
+    license: str
+    zip_member: str | None = None  # set when the URLs serve a zip archive holding the file
+
+
+REGISTRY: dict[str, DataFile] = {
+    f.name: f
+    for f in (
+        DataFile(
+            name="the-verdict",
+            filename="the-verdict.txt",
+            urls=(
+                "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
+            ),
+            sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+            size=20_479,
+            description='Edith Wharton, "The Verdict" (1908): the pretraining text of lectures 01-02',
+            license="public domain",
+        ),
+        DataFile(
+            name="sms-spam",
+            filename="SMSSpamCollection",
+            urls=(
+                "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+                "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+            ),
+            sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+            size=477_907,
+            description="UCI SMS Spam Collection: 5,574 messages labelled ham or spam (lecture 04)",
+            license="CC BY 4.0",
+            zip_member="SMSSpamCollection",
+        ),
+        DataFile(
+            name="instruction-data",
+            filename="instruction-data.json",
+            urls=(
+                "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
+            ),
+            sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+            size=203_524,
+            description="1,100 Alpaca-style instruction/response pairs (lecture 05)",
+            license="see the LLMs-from-scratch repository",
+        ),
+    )
+}
+
+
+def data_dir() -> Path:
+    path = runtime.cache_dir() / "data"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe_extract(archive: str | Path, target: str | Path, members: list[str] | None = None) -> list[Path]:
+    """Extract ``members`` (default: all) of a zip into ``target``, refusing any path outside it.
+
+    Raises ValueError for absolute paths or ``..`` components (the "zip slip" attack) before
+    anything is written.
+    """
+    target = Path(target).resolve()
+    written = []
+    with zipfile.ZipFile(archive) as zf:
+        names = members if members is not None else [i.filename for i in zf.infolist() if not i.is_dir()]
+        for name in names:
+            out = (target / name).resolve()
+            if target != out and target not in out.parents:
+                raise ValueError(f"Refusing to extract {name!r} from {archive}: it would land outside {target}.")
+        for name in names:
+            out = (target / name).resolve()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".part")
+            with zf.open(name) as src, open(tmp, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+            os.replace(tmp, out)
+            written.append(out)
+    return written
+
+
+def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
+    mirror = runtime.mirror_dir()
+    if mirror is None:
+        return None
+    candidate = mirror / entry.filename
+    if not candidate.is_file():
+        return None
+    if not is_valid(candidate, entry.sha256, entry.size):
+        warnings.warn(f"Ignoring {candidate}: it does not match the expected SHA-256 of {entry.filename}.", stacklevel=3)
+        return None
+    return copy_verified(candidate, dest, entry.sha256, entry.size)
+
+
+def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
+    if entry.zip_member is None:
+        return download(entry.urls, dest, entry.sha256, entry.size, progress=progress)
+    archive = dest.with_name(dest.name + ".zip")
+    staging = dest.with_name(dest.name + ".unzipped")
+    download(entry.urls, archive, progress=progress)  # the zip's hash is not pinned; its member's is
+    try:
+        (extracted,) = safe_extract(archive, staging, [entry.zip_member])
+        verify_file(extracted, entry.sha256, entry.size)
+        os.replace(extracted, dest)
+    finally:
+        archive.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def fetch(name: str, progress: bool = True) -> Path:
+    """Return the path of a verified copy of the lecture file ``name`` (see :data:`REGISTRY`)."""
+    if name not in REGISTRY:
+        raise KeyError(f"Unknown data file {name!r}. Known: {', '.join(sorted(REGISTRY))}.")
+    entry = REGISTRY[name]
+    dest = data_dir() / entry.filename
+    if is_valid(dest, entry.sha256, entry.size):
+        return dest
+    dest.unlink(missing_ok=True)  # a corrupt cached copy is never used or kept
+    found = _from_mirror(entry, dest)
+    if found is not None:
+        return found
+    try:
+        return _from_network(entry, dest, progress)
+    except DownloadError as err:
+        raise DownloadError(
+            f"{err}\nFor {entry.description}: copy {entry.filename} into {dest.parent} "
+            f"or into the folder named by LECTURES_MIRROR, then rerun."
+        ) from None
+
+
+def read_text(name: str) -> str:
+    return fetch(name).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- pretraining data
+
+
+class GPTDatasetV1(Dataset):
+    """Input/target pairs from a text: windows of ``max_length`` tokens, every ``stride`` tokens.
+
+    The target is the input shifted by one token: at every position the model learns to predict
+    the next token.
+    """
+
+    def __init__(self, txt: str, tokenizer, max_length: int, stride: int):
+        if max_length < 1 or stride < 1:
+            raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}.")
+        token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
+        if len(token_ids) <= max_length:
+            raise ValueError(
+                f"The text has {len(token_ids)} tokens, too few for one window of max_length={max_length} "
+                f"plus its shifted target. Use a longer text or a smaller max_length."
+            )
+        ids = torch.tensor(token_ids)
+        starts = range(0, len(token_ids) - max_length, stride)
+        self.input_ids = [ids[i : i + max_length] for i in starts]
+        self.target_ids = [ids[i + 1 : i + max_length + 1] for i in starts]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, idx):
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def create_dataloader(
+    txt: str,
+    batch_size: int = 4,
+    max_length: int = 256,
+    stride: int = 128,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    tokenizer=None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over :class:`GPTDatasetV1` windows of ``txt`` (the course's ``create_dataloader_v1``)."""
+    dataset = GPTDatasetV1(txt, tokenizer or get_tokenizer(), max_length, stride)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+        num_workers=num_workers, pin_memory=pin_memory,
+    )
+
+
+create_dataloader_v1 = create_dataloader  # the course's name
+
+
+def train_val_split(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
+    """Split a text by characters: the first ``train_ratio`` for training, the rest for validation."""
+    if not 0.0 < train_ratio < 1.0:
+        raise ValueError(f"train_ratio must be between 0 and 1, got {train_ratio}.")
+    split_idx = int(train_ratio * len(text))
+    return text[:split_idx], text[split_idx:]

@@ -1,0 +1,91 @@
+"""Run the lecture notebooks headlessly and collect what they produce.
+
+``python -m helpers lectures`` executes every notebook in ``notebooks/`` (in the quick profile unless
+told otherwise) and writes, under ``build/lectures/``, each executed notebook and the figures it drew
+as PNG files. The committed notebooks themselves are never modified.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from . import runtime
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+BUILD_DIR = REPO_ROOT / "build" / "lectures"
+
+
+@dataclass
+class LectureResult:
+    notebook: Path
+    executed: Path
+    figures: list[Path]
+    seconds: float
+
+
+def list_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute_notebook(
+    path: str | Path, out_dir: str | Path = BUILD_DIR, profile: str = "quick", timeout: int = 1800
+) -> LectureResult:
+    """Execute one notebook with ``LECTURES_PROFILE=profile``; save it and its figures under ``out_dir``.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` (with the failing cell and traceback) on error;
+    the partly executed notebook is still written, so the error can be read in context.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    runtime.profile(profile)  # validate early
+    nb = nbformat.read(path, as_version=4)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / path.name
+    previous = os.environ.get(runtime.PROFILE_ENV)
+    os.environ[runtime.PROFILE_ENV] = profile  # the kernel inherits this process's environment
+    start = time.perf_counter()
+    try:
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
+    finally:
+        if previous is None:
+            os.environ.pop(runtime.PROFILE_ENV, None)
+        else:
+            os.environ[runtime.PROFILE_ENV] = previous
+        nbformat.write(nb, executed)
+    seconds = time.perf_counter() - start
+    return LectureResult(path, executed, save_figures(nb, out_dir / "figures", path.stem), seconds)
+
+
+def save_figures(nb, folder: Path, stem: str) -> list[Path]:
+    """Write every PNG output of an executed notebook to ``folder/<stem>-cellNN-K.png``."""
+    figures = []
+    for index, cell in enumerate(nb.cells):
+        for k, output in enumerate(cell.get("outputs", [])):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / f"{stem}-cell{index:02d}-{k}.png"
+                target.write_bytes(base64.b64decode(png))
+                figures.append(target)
+    return figures
+
+
+def run_all(
+    notebooks: list[Path] | None = None, out_dir: Path = BUILD_DIR, profile: str = "quick"
+) -> list[LectureResult]:
+    results = []
+    for nb_path in notebooks or list_notebooks():
+        print(f"Running {nb_path.name} ({profile} profile) ...", flush=True)
+        result = execute_notebook(nb_path, out_dir, profile)
+        print(f"  done in {result.seconds:.0f} s: {result.executed} ({len(result.figures)} figures)", flush=True)
+        results.append(result)
+    return results

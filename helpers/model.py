@@ -1,0 +1,292 @@
+"""The GPT model of the lectures, readable in one sitting.
+
+Names follow the course: ``GPTModel`` with ``tok_emb``, ``pos_emb``, ``drop_emb``, ``trf_blocks``,
+``final_norm`` and ``out_head``; config dicts with ``vocab_size``, ``context_length``, ``emb_dim``,
+``n_heads``, ``n_layers``, ``drop_rate`` and ``qkv_bias``.
+
+Two optional config keys choose faster code with the same results:
+
+* ``attn_impl``: ``"sdpa"`` (default) computes attention with PyTorch's fused
+  ``scaled_dot_product_attention``; ``"explicit"`` spells out mask, scaling and softmax (the
+  version the lectures explain). Both give the same outputs (tested).
+* A :class:`KVCache` passed to ``forward`` lets generation feed one new token at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# The course's pretraining config: GPT-2 small's sizes with a shorter context (lectures 01-02).
+GPT_CONFIG_124M = {
+    "vocab_size": 50257,     # GPT-2's BPE vocabulary
+    "context_length": 256,   # shortened from 1024 so that pretraining runs on a laptop
+    "emb_dim": 768,          # embedding size
+    "n_heads": 12,           # attention heads
+    "n_layers": 12,          # transformer blocks
+    "drop_rate": 0.1,        # dropout
+    "qkv_bias": False,       # bias in the query/key/value projections
+}
+
+# The four released GPT-2 models (context 1024, with qkv bias, as OpenAI trained them).
+GPT2_SIZES = {
+    "124M": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "355M": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "774M": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "1558M": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+GPT2_NAMES = {"gpt2-small": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+GPT2_BASE = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
+
+# A few thousand times smaller than GPT-2, for tests and the quick profile.
+TINY_CONFIG = {
+    "vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 4,
+    "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False,
+}
+
+
+def get_config(name: str, **overrides) -> dict:
+    """A fresh config dict by name, with overrides: ``get_config("gpt2-small", drop_rate=0.1)``.
+
+    Names: ``pretrain-124M`` (the course's pretraining config), ``gpt2-small`` / ``-medium`` /
+    ``-large`` / ``-xl`` (also ``124M``, ``355M``, ``774M``, ``1558M``) and ``tiny``.
+    """
+    size = GPT2_NAMES.get(name, name)
+    if name == "pretrain-124M":
+        cfg = dict(GPT_CONFIG_124M)
+    elif size in GPT2_SIZES:
+        cfg = {**GPT2_BASE, **GPT2_SIZES[size]}
+    elif name == "tiny":
+        cfg = dict(TINY_CONFIG)
+    else:
+        known = ["pretrain-124M", *GPT2_NAMES, *GPT2_SIZES, "tiny"]
+        raise KeyError(f"Unknown config {name!r}. Known: {', '.join(known)}.")
+    unknown = set(overrides) - set(cfg) - {"attn_impl"}
+    if unknown:
+        raise KeyError(f"Unknown config keys {sorted(unknown)}; valid keys are {sorted(cfg)}.")
+    cfg.update(overrides)
+    return cfg
+
+
+class KVCache:
+    """Keys and values computed so far, per transformer block, so that generation only feeds new tokens.
+
+    ``keys[i]`` and ``values[i]`` have shape (batch, n_heads, tokens_so_far, head_dim).
+    """
+
+    def __init__(self, n_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def __len__(self) -> int:
+        """Number of positions cached (by the last block, which is updated last)."""
+        return self.cached_positions(-1)
+
+    def cached_positions(self, layer: int) -> int:
+        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention."""
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, impl="sdpa"):
+        super().__init__()
+        if d_out % num_heads != 0:
+            raise ValueError(f"emb_dim ({d_out}) must be divisible by n_heads ({num_heads}).")
+        if impl not in ("sdpa", "explicit"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'explicit', got {impl!r}.")
+        self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
+        self.impl = impl
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        # True above the diagonal: a token may not look at later tokens.
+        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+        b, num_tokens, _ = x.shape
+        # (b, tokens, d_out) -> (b, heads, tokens, head_dim)
+        queries, keys, values = (
+            proj(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            for proj in (self.W_query, self.W_key, self.W_value)
+        )
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.cached_positions(layer)
+            keys, values = kv_cache.update(layer, keys, values)
+        if self.impl == "explicit":
+            context = self.explicit_attention(queries, keys, values, past)
+        else:
+            context = self.sdpa_attention(queries, keys, values, past)
+        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)
+        return self.out_proj(context)
+
+    def explicit_attention(self, queries, keys, values, past: int = 0):
+        """Attention spelled out: scores, causal mask, scaling, softmax, dropout, weighted sum."""
+        num_q, num_k = queries.shape[2], keys.shape[2]
+        attn_scores = queries @ keys.transpose(2, 3)                    # (b, heads, q, k)
+        mask = self.mask[past : past + num_q, :num_k]                   # query i sits at position past + i
+        attn_scores = attn_scores.masked_fill(mask, -torch.inf)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+        attn_weights = self.dropout(attn_weights)
+        return attn_weights @ values                                    # (b, heads, q, head_dim)
+
+    def sdpa_attention(self, queries, keys, values, past: int = 0):
+        """The same computation in one fused PyTorch kernel (FlashAttention where available)."""
+        num_q, num_k = queries.shape[2], keys.shape[2]
+        dropout_p = self.dropout.p if self.training else 0.0
+        if past == 0:
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
+        # With a cache, the queries are the last positions: pass the offset mask explicitly
+        # (True = may attend, the opposite convention to self.mask).
+        allowed = ~self.mask[past : past + num_q, :num_k]
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
+
+
+class LayerNorm(nn.Module):
+    """Normalise each token's vector to mean 0 and variance 1, then scale and shift (learned)."""
+
+    def __init__(self, emb_dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x):
+        # Same as ((x - mean) / sqrt(var + eps)) * scale + shift with the biased variance,
+        # in one fused kernel (the lecture checks the two agree).
+        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
+
+    def forward(self, x):
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
+            GELU(),
+            nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    """LayerNorm -> attention -> dropout -> add; LayerNorm -> feed-forward -> dropout -> add."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
+            num_heads=cfg["n_heads"], dropout=cfg["drop_rate"], qkv_bias=cfg["qkv_bias"],
+            impl=cfg.get("attn_impl", "sdpa"),
+        )
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class GPTModel(nn.Module):
+    """Token + position embeddings, ``n_layers`` transformer blocks, final LayerNorm, output head."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        missing = {"vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias"} - set(cfg)
+        if missing:
+            raise KeyError(f"Config is missing {sorted(missing)}; start from helpers.model.get_config(...).")
+        self.cfg = copy.deepcopy(dict(cfg))
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
+        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+
+    def forward(self, in_idx, kv_cache: KVCache | None = None):
+        """Logits of shape (batch, tokens, vocab_size) for token ids of shape (batch, tokens).
+
+        With a ``kv_cache``, ``in_idx`` holds only the tokens after those already cached.
+        """
+        _, seq_len = in_idx.shape
+        past = len(kv_cache) if kv_cache is not None else 0
+        if past + seq_len > self.cfg["context_length"]:
+            raise ValueError(
+                f"{past + seq_len} tokens exceed the context length of {self.cfg['context_length']}; "
+                f"crop the input to its last {self.cfg['context_length']} tokens."
+            )
+        positions = torch.arange(past, past + seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, kv_cache, layer)
+        return self.out_head(self.final_norm(x))
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(len(self.trf_blocks))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def parameter_report(model: GPTModel) -> dict:
+    """Total parameters, and the count GPT-2 reports, which shares ``out_head`` with ``tok_emb``."""
+    total = count_parameters(model)
+    tied = total - model.out_head.weight.numel()
+    return {
+        "total": total,
+        "with_weight_tying": tied,
+        "size_mb_float32": total * 4 / 1024**2,
+    }
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every attention module of ``model`` to ``"sdpa"`` or ``"explicit"`` in place."""
+    if impl not in ("sdpa", "explicit"):
+        raise ValueError(f"attn_impl must be 'sdpa' or 'explicit', got {impl!r}.")
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.impl = impl
+    if isinstance(model, GPTModel):
+        model.cfg["attn_impl"] = impl
+    return model
+
+
+def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
+    """Approximate training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B)."""
+    t = seq_len or cfg["context_length"]
+    d, n_layers, v = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
+    n_params = n_layers * 12 * d * d + v * d  # blocks + output head (embeddings do no matmuls)
+    return 6 * n_params + 12 * n_layers * d * t
+
+
+__all__ = [
+    "GPT_CONFIG_124M", "GPT2_SIZES", "TINY_CONFIG", "get_config", "KVCache", "MultiHeadAttention",
+    "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel", "count_parameters",
+    "parameter_report", "set_attention_impl", "flops_per_token",
+]

@@ -1,0 +1,104 @@
+"""Where the lectures run: the profile, the cache and mirror folders, the device and the seeds.
+
+Three environment variables steer the whole series:
+
+``LECTURES_PROFILE``
+    ``full`` (the default): the lecture's real hyperparameters. ``quick``: smaller sizes so that
+    every notebook runs on two CPU cores in a minute or two. Both run the same code.
+``LECTURES_CACHE``
+    Where downloads, checkpoints and saved runs go (default: ``~/.cache/llm-lectures``, or
+    ``$XDG_CACHE_HOME/llm-lectures``).
+``LECTURES_MIRROR``
+    A folder of pre-downloaded files that is looked at before any network (for example a USB
+    stick handed round in class, or ``../shared/data`` in CI).
+
+``LECTURES_DEVICE`` optionally forces a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILES = ("full", "quick")
+PROFILE_ENV = "LECTURES_PROFILE"
+CACHE_ENV = "LECTURES_CACHE"
+MIRROR_ENV = "LECTURES_MIRROR"
+DEVICE_ENV = "LECTURES_DEVICE"
+
+
+def profile(override: str | None = None) -> str:
+    """Return the active profile: ``override`` if given (a papermill parameter), else ``LECTURES_PROFILE``.
+
+    Defaults to ``"full"``. Anything other than ``full`` or ``quick`` is an error, so a typo never
+    silently runs a 10-minute training job.
+    """
+    value = override if override is not None else os.environ.get(PROFILE_ENV, "full")
+    value = value.strip().lower()
+    if value not in PROFILES:
+        raise ValueError(
+            f"Unknown lecture profile {value!r} (from {'the PROFILE parameter' if override else PROFILE_ENV}). "
+            f"Use one of {', '.join(PROFILES)}, e.g. `export {PROFILE_ENV}=quick`."
+        )
+    return value
+
+
+def is_quick(override: str | None = None) -> bool:
+    return profile(override) == "quick"
+
+
+def cache_dir(create: bool = True) -> Path:
+    """The folder for downloads, checkpoints and runs (``LECTURES_CACHE``)."""
+    if os.environ.get(CACHE_ENV):
+        path = Path(os.environ[CACHE_ENV]).expanduser()
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+        path = base / "llm-lectures"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mirror_dir() -> Path | None:
+    """The pre-filled mirror folder (``LECTURES_MIRROR``), or None when unset.
+
+    A mirror that is set but missing is an error: it is almost always a wrong path.
+    """
+    value = os.environ.get(MIRROR_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{MIRROR_ENV}={value!r} is not a folder. Point it at a folder of pre-downloaded files "
+            f"or unset it."
+        )
+    return path
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """Pick the device: ``prefer``, else ``LECTURES_DEVICE``, else cuda, then mps, then cpu."""
+    choice = prefer if prefer is not None else os.environ.get(DEVICE_ENV)
+    if choice:
+        device = torch.device(choice)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"Device {choice!r} was asked for, but PyTorch sees no CUDA GPU here.")
+        if device.type == "mps" and not (torch.backends.mps.is_available()):
+            raise RuntimeError(f"Device {choice!r} was asked for, but Apple's MPS backend is not available.")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int = 123) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so that a rerun gives the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators

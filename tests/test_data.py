@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from helpers import data, tokenizer
+
+
+def test_verdict_has_the_expected_size(verdict_text):
+    assert len(verdict_text) == 20_479
+    assert len(tokenizer.get_tokenizer().encode(verdict_text)) == 5_145
+
+
+def test_windows_are_shifted_by_one():
+    text = "one two three four five six seven eight nine ten eleven twelve"
+    ds = data.GPTDatasetV1(text, tokenizer.get_tokenizer(), max_length=4, stride=2)
+    ids = tokenizer.get_tokenizer().encode(text)
+    assert len(ds) == len(range(0, len(ids) - 4, 2))
+    x0, y0 = ds[0]
+    x1, _ = ds[1]
+    assert x0.tolist() == ids[0:4] and y0.tolist() == ids[1:5] and x1.tolist() == ids[2:6]
+
+
+def test_too_short_text_is_a_clear_error():
+    with pytest.raises(ValueError, match="too few"):
+        data.GPTDatasetV1("short", tokenizer.get_tokenizer(), max_length=8, stride=8)
+
+
+def test_course_loaders(verdict_text):
+    train, val = data.train_val_split(verdict_text, 0.9)
+    assert train + val == verdict_text and len(train) == int(0.9 * len(verdict_text))
+    torch.manual_seed(123)
+    train_loader = data.create_dataloader(train, batch_size=2, max_length=256, stride=256, drop_last=True)
+    val_loader = data.create_dataloader(val, batch_size=2, max_length=256, stride=256, drop_last=False,
+                                        shuffle=False)
+    assert (len(train_loader), len(val_loader)) == (9, 1)  # as in the course: 9 train batches, 1 val
+    x, y = next(iter(train_loader))
+    assert x.shape == y.shape == (2, 256)
+
+
+def test_split_ratio_validated():
+    with pytest.raises(ValueError):
+        data.train_val_split("abc", 1.5)

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from helpers import model as M
+from helpers.losses import calc_loss_batch, calc_loss_loader, perplexity
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return M.GPTModel(M.get_config("tiny", qkv_bias=True)).eval()
+
+
+def test_output_shape(tiny):
+    x = torch.randint(0, 50257, (3, 10))
+    assert tiny(x).shape == (3, 10, 50257)
+
+
+def test_parameter_counts_course_and_gpt2():
+    with torch.device("meta"):  # no memory or init time needed to count
+        pre = M.GPTModel(M.GPT_CONFIG_124M)
+        small = M.GPTModel(M.get_config("gpt2-small"))
+    assert M.count_parameters(pre) == 162_419_712  # course config, context 256
+    assert M.parameter_report(small)["total"] == 163_037_184
+    assert M.parameter_report(small)["with_weight_tying"] == 124_439_808  # GPT-2's "124M"
+
+
+@pytest.mark.parametrize("name,layers,heads,emb", [("gpt2-medium", 24, 16, 1024), ("1558M", 48, 25, 1600)])
+def test_presets(name, layers, heads, emb):
+    cfg = M.get_config(name)
+    assert (cfg["n_layers"], cfg["n_heads"], cfg["emb_dim"], cfg["context_length"], cfg["qkv_bias"]) == (
+        layers, heads, emb, 1024, True)
+
+
+def test_config_errors():
+    with pytest.raises(KeyError, match="gpt2-small"):
+        M.get_config("gpt3")
+    with pytest.raises(KeyError, match="emb_size"):
+        M.get_config("tiny", emb_size=3)
+    with pytest.raises(KeyError, match="n_heads"):
+        M.GPTModel({"vocab_size": 10})
+    with pytest.raises(ValueError, match="divisible"):
+        M.GPTModel(M.get_config("tiny", n_heads=5))
+
+
+def test_explicit_and_sdpa_attention_agree(tiny):
+    x = torch.randint(0, 50257, (2, 16))
+    fast = tiny(x)
+    M.set_attention_impl(tiny, "explicit")
+    assert all(m.impl == "explicit" for m in tiny.modules() if isinstance(m, M.MultiHeadAttention))
+    torch.testing.assert_close(tiny(x), fast, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_causal(tiny):
+    x = torch.randint(0, 50257, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 50257  # change only later tokens
+    for impl in ("sdpa", "explicit"):
+        M.set_attention_impl(tiny, impl)
+        torch.testing.assert_close(tiny(x)[:, :8], tiny(y)[:, :8])
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_kv_cache_matches_full_forward(tiny, impl):
+    M.set_attention_impl(tiny, impl)
+    x = torch.randint(0, 50257, (2, 20))
+    full = tiny(x)
+    cache = tiny.new_kv_cache()
+    parts = [tiny(x[:, :7], kv_cache=cache)]  # prefill several tokens, then one at a time
+    for t in range(7, 20):
+        parts.append(tiny(x[:, t : t + 1], kv_cache=cache))
+    assert len(cache) == 20
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    cache2 = tiny.new_kv_cache()  # a chunk of several new tokens after a prefix also works
+    torch.testing.assert_close(
+        torch.cat([tiny(x[:, :5], kv_cache=cache2), tiny(x[:, 5:], kv_cache=cache2)], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_context_overflow_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match="context length"):
+        tiny(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_loss_matches_manual_cross_entropy(tiny):
+    x = torch.randint(0, 50257, (2, 6))
+    y = torch.randint(0, 50257, (2, 6))
+    with torch.no_grad():
+        probs = torch.softmax(tiny(x), dim=-1)
+        target_probs = probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        manual = -torch.log(target_probs).mean()
+        loss = calc_loss_batch(x, y, tiny, "cpu")
+    torch.testing.assert_close(loss, manual, atol=1e-5, rtol=1e-5)
+    assert perplexity(loss) == pytest.approx(torch.exp(manual).item(), rel=1e-5)
+
+
+def test_calc_loss_loader(tiny):
+    batches = [(torch.randint(0, 50257, (2, 6)), torch.randint(0, 50257, (2, 6))) for _ in range(4)]
+    with torch.no_grad():
+        each = [calc_loss_batch(x, y, tiny, "cpu").item() for x, y in batches]
+        assert calc_loss_loader(batches, tiny, "cpu") == pytest.approx(sum(each) / 4)
+        assert calc_loss_loader(batches, tiny, "cpu", num_batches=2) == pytest.approx(sum(each[:2]) / 2)
+        assert calc_loss_loader(batches, tiny, "cpu", num_batches=99) == pytest.approx(sum(each) / 4)
+    assert calc_loss_loader([], tiny, "cpu") != calc_loss_loader([], tiny, "cpu")  # nan
+
+
+def test_untrained_course_model_loss_is_the_courses(verdict_text):
+    """Seed 123 gives the course's untrained-model losses (10.98758 train, 10.98111 val)."""
+    from helpers import data
+
+    torch.manual_seed(123)
+    model = M.GPTModel(M.GPT_CONFIG_124M).eval()
+    _, val = data.train_val_split(verdict_text)
+    val_loader = data.create_dataloader(val, batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False)
+    with torch.no_grad():
+        assert calc_loss_loader(val_loader, model, "cpu") == pytest.approx(10.98110580444336, abs=1e-4)

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from helpers import runtime
+
+
+def test_profile_default_and_override(monkeypatch):
+    monkeypatch.delenv("LECTURES_PROFILE", raising=False)
+    assert runtime.profile() == "full"
+    assert runtime.profile("quick") == "quick"
+    monkeypatch.setenv("LECTURES_PROFILE", " Quick ")
+    assert runtime.is_quick()
+
+
+def test_profile_typo_is_an_error(monkeypatch):
+    monkeypatch.setenv("LECTURES_PROFILE", "quik")
+    with pytest.raises(ValueError, match="quik"):
+        runtime.profile()
+
+
+def test_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LECTURES_CACHE", str(tmp_path / "c"))
+    assert runtime.cache_dir() == tmp_path / "c"
+    assert (tmp_path / "c").is_dir()
+
+
+def test_cache_dir_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("LECTURES_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert runtime.cache_dir(create=False) == tmp_path / "llm-lectures"
+
+
+def test_mirror(monkeypatch, tmp_path):
+    monkeypatch.delenv("LECTURES_MIRROR", raising=False)
+    assert runtime.mirror_dir() is None
+    monkeypatch.setenv("LECTURES_MIRROR", str(tmp_path))
+    assert runtime.mirror_dir() == tmp_path
+    monkeypatch.setenv("LECTURES_MIRROR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="LECTURES_MIRROR"):
+        runtime.mirror_dir()
+
+
+def test_get_device(monkeypatch):
+    monkeypatch.delenv("LECTURES_DEVICE", raising=False)
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LECTURES_DEVICE", "cpu")
+    assert runtime.get_device() == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            runtime.get_device("cuda")
+
+
+def test_set_seed_reproduces():
+    runtime.set_seed(7)
+    a = torch.rand(3)
+    runtime.set_seed(7)
+    assert torch.equal(a, torch.rand(3))
