@@ -4,17 +4,22 @@ Names follow the course: ``GPTModel`` with ``tok_emb``, ``pos_emb``, ``drop_emb`
 ``final_norm`` and ``out_head``; config dicts with ``vocab_size``, ``context_length``, ``emb_dim``,
 ``n_heads``, ``n_layers``, ``drop_rate`` and ``qkv_bias``.
 
-Two optional config keys choose faster code with the same results:
+Every module that the lectures explain has two implementations with the same results (tested),
+chosen by the optional config key ``impl``:
 
-* ``attn_impl``: ``"sdpa"`` (default) computes attention with PyTorch's fused
-  ``scaled_dot_product_attention``; ``"explicit"`` spells out mask, scaling and softmax (the
-  version the lectures explain). Both give the same outputs (tested).
-* A :class:`KVCache` passed to ``forward`` lets generation feed one new token at a time.
+* ``"teaching"``: the computation spelled out as the lectures explain it (attention scores, causal
+  mask, scaling and softmax; LayerNorm's mean and variance; GELU's tanh formula);
+* ``"fast"`` (default): the same maths in PyTorch's fused kernels (``scaled_dot_product_attention``,
+  ``layer_norm``, ``gelu``), which are quicker and use less memory.
+
+``set_impl(model, "teaching")`` switches a built model. A :class:`KVCache` passed to ``forward``
+lets generation feed one new token at a time.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -64,11 +69,20 @@ def get_config(name: str, **overrides) -> dict:
     else:
         known = ["pretrain-124M", *GPT2_NAMES, *GPT2_SIZES, "tiny"]
         raise KeyError(f"Unknown config {name!r}. Known: {', '.join(known)}.")
-    unknown = set(overrides) - set(cfg) - {"attn_impl"}
+    unknown = set(overrides) - set(cfg) - {"impl"}
     if unknown:
         raise KeyError(f"Unknown config keys {sorted(unknown)}; valid keys are {sorted(cfg)}.")
     cfg.update(overrides)
     return cfg
+
+
+IMPLS = ("fast", "teaching")
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be 'fast' or 'teaching', got {impl!r}.")
+    return impl
 
 
 class KVCache:
@@ -99,14 +113,12 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention."""
 
-    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, impl="sdpa"):
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, impl="fast"):
         super().__init__()
         if d_out % num_heads != 0:
             raise ValueError(f"emb_dim ({d_out}) must be divisible by n_heads ({num_heads}).")
-        if impl not in ("sdpa", "explicit"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'explicit', got {impl!r}.")
         self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-        self.impl = impl
+        self.impl = _check_impl(impl)
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
@@ -127,7 +139,7 @@ class MultiHeadAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.cached_positions(layer)
             keys, values = kv_cache.update(layer, keys, values)
-        if self.impl == "explicit":
+        if self.impl == "teaching":
             context = self.explicit_attention(queries, keys, values, past)
         else:
             context = self.sdpa_attention(queries, keys, values, past)
@@ -159,22 +171,32 @@ class MultiHeadAttention(nn.Module):
 class LayerNorm(nn.Module):
     """Normalise each token's vector to mean 0 and variance 1, then scale and shift (learned)."""
 
-    def __init__(self, emb_dim, eps=1e-5):
+    def __init__(self, emb_dim, eps=1e-5, impl="fast"):
         super().__init__()
         self.eps = eps
+        self.impl = _check_impl(impl)
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x):
-        # Same as ((x - mean) / sqrt(var + eps)) * scale + shift with the biased variance,
-        # in one fused kernel (the lecture checks the two agree).
+        if self.impl == "teaching":
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, keepdim=True, unbiased=False)  # biased variance, as GPT-2 uses
+            norm_x = (x - mean) / torch.sqrt(var + self.eps)
+            return self.scale * norm_x + self.shift
         return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):
-    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
+    """GPT-2's activation: a smooth ReLU, computed with the tanh approximation."""
+
+    def __init__(self, impl="fast"):
+        super().__init__()
+        self.impl = _check_impl(impl)
 
     def forward(self, x):
+        if self.impl == "teaching":
+            return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
         return F.gelu(x, approximate="tanh")
 
 
@@ -183,7 +205,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
-            GELU(),
+            GELU(cfg.get("impl", "fast")),
             nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
         )
 
@@ -199,11 +221,11 @@ class TransformerBlock(nn.Module):
         self.att = MultiHeadAttention(
             d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
             num_heads=cfg["n_heads"], dropout=cfg["drop_rate"], qkv_bias=cfg["qkv_bias"],
-            impl=cfg.get("attn_impl", "sdpa"),
+            impl=cfg.get("impl", "fast"),
         )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.norm1 = LayerNorm(cfg["emb_dim"], impl=cfg.get("impl", "fast"))
+        self.norm2 = LayerNorm(cfg["emb_dim"], impl=cfg.get("impl", "fast"))
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
@@ -225,7 +247,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.final_norm = LayerNorm(cfg["emb_dim"], impl=cfg.get("impl", "fast"))
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx, kv_cache: KVCache | None = None):
@@ -265,16 +287,20 @@ def parameter_report(model: GPTModel) -> dict:
     }
 
 
-def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Switch every attention module of ``model`` to ``"sdpa"`` or ``"explicit"`` in place."""
-    if impl not in ("sdpa", "explicit"):
-        raise ValueError(f"attn_impl must be 'sdpa' or 'explicit', got {impl!r}.")
+def set_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch attention, LayerNorm and GELU of ``model`` to ``"teaching"`` or ``"fast"`` code, in place."""
+    _check_impl(impl)
     for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
+        if isinstance(module, (MultiHeadAttention, LayerNorm, GELU)):
             module.impl = impl
     if isinstance(model, GPTModel):
-        model.cfg["attn_impl"] = impl
+        model.cfg["impl"] = impl
     return model
+
+
+def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Older spelling of :func:`set_impl`: ``"explicit"`` means teaching, ``"sdpa"`` fast."""
+    return set_impl(model, {"explicit": "teaching", "sdpa": "fast"}.get(impl, impl))
 
 
 def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
@@ -288,5 +314,5 @@ def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
 __all__ = [
     "GPT_CONFIG_124M", "GPT2_SIZES", "TINY_CONFIG", "get_config", "KVCache", "MultiHeadAttention",
     "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel", "count_parameters",
-    "parameter_report", "set_attention_impl", "flops_per_token",
+    "parameter_report", "set_impl", "set_attention_impl", "flops_per_token",
 ]

@@ -43,26 +43,51 @@ def test_config_errors():
         M.GPTModel(M.get_config("tiny", n_heads=5))
 
 
-def test_explicit_and_sdpa_attention_agree(tiny):
+def test_teaching_and_fast_code_agree(tiny):
     x = torch.randint(0, 50257, (2, 16))
     fast = tiny(x)
-    M.set_attention_impl(tiny, "explicit")
-    assert all(m.impl == "explicit" for m in tiny.modules() if isinstance(m, M.MultiHeadAttention))
+    M.set_impl(tiny, "teaching")
+    switched = [m for m in tiny.modules() if isinstance(m, (M.MultiHeadAttention, M.LayerNorm, M.GELU))]
+    assert len(switched) == 2 * 4 + 1 and all(m.impl == "teaching" for m in switched)
     torch.testing.assert_close(tiny(x), fast, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="teaching"):
+        M.set_impl(tiny, "slow")
+
+
+@pytest.mark.parametrize("module", [M.LayerNorm(8), M.GELU()])
+def test_teaching_layernorm_and_gelu_match_fused(module):
+    x = torch.randn(3, 5, 8) * 3 + 1
+    if isinstance(module, M.LayerNorm):
+        with torch.no_grad():
+            module.scale.uniform_(0.5, 1.5)
+            module.shift.uniform_(-1, 1)
+    fast = module(x)
+    module.impl = "teaching"
+    torch.testing.assert_close(module(x), fast, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    model = M.GPTModel(M.get_config("tiny", drop_rate=0.5))
+    x = torch.randint(0, 50257, (1, 8))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
 
 
 def test_attention_is_causal(tiny):
     x = torch.randint(0, 50257, (1, 12))
     y = x.clone()
     y[0, 8:] = (y[0, 8:] + 1) % 50257  # change only later tokens
-    for impl in ("sdpa", "explicit"):
-        M.set_attention_impl(tiny, impl)
+    for impl in ("fast", "teaching"):
+        M.set_impl(tiny, impl)
         torch.testing.assert_close(tiny(x)[:, :8], tiny(y)[:, :8])
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+@pytest.mark.parametrize("impl", ["fast", "teaching"])
 def test_kv_cache_matches_full_forward(tiny, impl):
-    M.set_attention_impl(tiny, impl)
+    M.set_impl(tiny, impl)
     x = torch.randint(0, 50257, (2, 20))
     full = tiny(x)
     cache = tiny.new_kv_cache()
