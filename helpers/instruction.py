@@ -1,0 +1,338 @@
+"""Instruction finetuning data (lecture 05): Alpaca prompts, padded batches, and extracting responses.
+
+The path from a JSON entry to a training batch:
+
+1. :func:`format_input` writes an entry's instruction (and input, if any) as an Alpaca-style prompt;
+   :func:`format_response` writes the answer the model should learn to continue with.
+2. :class:`InstructionDataset` tokenizes prompt + response once per entry.
+3. :func:`custom_collate_fn` pads a batch to a common length and builds the shifted targets, with
+   the padding (all but one end-of-text token) replaced by ``-100`` so the loss ignores it.
+
+After finetuning, :func:`generate_response` writes the model's answer to an entry and
+:func:`extract_response` cuts the answer out of the generated text.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
+
+PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+INSTRUCTION_MARKER = "### Instruction:"
+INPUT_MARKER = "### Input:"
+RESPONSE_MARKER = "### Response:"
+IGNORE_INDEX = -100  # the target value torch.nn.functional.cross_entropy skips by default
+
+
+# --------------------------------------------------------------------------- the data
+
+
+def load_instruction_data() -> list[dict]:
+    """The lecture's 1,100 entries, each a dict with ``instruction``, ``input`` (often "") and ``output``."""
+    from .data import read_text  # data imports tiktoken and the download code; only needed here
+
+    entries = json.loads(read_text("instruction-data"))
+    for i, entry in enumerate(entries):
+        missing = {"instruction", "input", "output"} - set(entry)
+        if missing:
+            raise ValueError(f"Entry {i} of instruction-data.json lacks {sorted(missing)}: {entry!r}.")
+    return entries
+
+
+def format_input(entry: dict) -> str:
+    """The Alpaca-style prompt: a fixed preamble, the instruction, and the input only when there is one.
+
+    >>> print(format_input({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}))
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+    <BLANKLINE>
+    ### Instruction:
+    Add the numbers.
+    <BLANKLINE>
+    ### Input:
+    2 and 3
+    """
+    text = f"{PREAMBLE}\n\n{INSTRUCTION_MARKER}\n{entry['instruction']}"
+    if entry.get("input"):
+        text += f"\n\n{INPUT_MARKER}\n{entry['input']}"
+    return text
+
+
+def format_response(entry: dict) -> str:
+    """The text the model learns to write after the prompt: the response marker, then the output."""
+    return f"\n\n{RESPONSE_MARKER}\n{entry['output']}"
+
+
+def format_example(entry: dict) -> str:
+    """Prompt and response together: one complete training text."""
+    return format_input(entry) + format_response(entry)
+
+
+class Splits(NamedTuple):
+    """The three parts of the data, in the course's order: ``train, test, val = split_data(data)``."""
+
+    train: list
+    test: list
+    val: list
+
+
+def split_data(data: list, train_frac: float = 0.85, test_frac: float = 0.10) -> Splits:
+    """Split ``data`` in file order: the first 85% to train, the next 10% to test, the rest (5%) to val.
+
+    For the lecture's 1,100 entries this gives 935 / 110 / 55, as in the course. The parts are
+    returned as a named tuple (``.train``, ``.test``, ``.val``) in that order, so
+    ``train_data, test_data, val_data = split_data(data)`` reads as the course does.
+    """
+    if not (0 < train_frac < 1 and 0 <= test_frac < 1 and train_frac + test_frac <= 1):
+        raise ValueError(
+            f"Need 0 < train_frac < 1, 0 <= test_frac < 1 and train_frac + test_frac <= 1; "
+            f"got train_frac={train_frac}, test_frac={test_frac}."
+        )
+    n_train = int(len(data) * train_frac)
+    n_test = int(len(data) * test_frac)
+    return Splits(
+        train=data[:n_train],
+        test=data[n_train : n_train + n_test],
+        val=data[n_train + n_test :],
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class InstructionDataset(Dataset):
+    """Token ids of each entry's prompt + response, tokenized once when the dataset is built.
+
+    ``dataset[i]`` is a list of token ids. With ``with_prompt_length=True`` it is the pair
+    ``(ids, prompt_length)`` instead, where the first ``prompt_length`` ids are the prompt: what
+    :func:`custom_collate_fn` needs to mask the prompt out of the loss (``mask_prompt=True``).
+    """
+
+    def __init__(self, data: list[dict], tokenizer, with_prompt_length: bool = False):
+        self.data = data
+        self.with_prompt_length = with_prompt_length
+        self.encoded_texts: list[list[int]] = []
+        self.prompt_lengths: list[int] = []
+        for entry in data:
+            ids = tokenizer.encode(format_example(entry))
+            prompt_ids = tokenizer.encode(format_input(entry))
+            self.encoded_texts.append(ids)
+            self.prompt_lengths.append(_common_prefix_length(ids, prompt_ids))
+
+    def __len__(self) -> int:
+        return len(self.encoded_texts)
+
+    def __getitem__(self, index: int):
+        if self.with_prompt_length:
+            return self.encoded_texts[index], self.prompt_lengths[index]
+        return self.encoded_texts[index]
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share.
+
+    The prompt is tokenized on its own and compared with the full text: byte-pair encoding could in
+    principle merge the last prompt characters with the first response characters into one token,
+    and such a token belongs to the response. (For the lecture's data the prompt's ids are always
+    an exact prefix.)
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def custom_collate_fn(
+    batch,
+    pad_token_id: int = END_OF_TEXT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    allowed_max_length: int | None = None,
+    device: str | torch.device = "cpu",
+    mask_prompt: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a list of token-id sequences of different lengths into ``(inputs, targets)`` tensors.
+
+    Each sequence gets one end-of-text token (``pad_token_id``) appended, then more of them up to
+    the longest length in the batch plus one. Inputs are all but the last position, targets all but
+    the first (the next-token shift). In the targets, the first end-of-text token of each sequence
+    stays, so the model learns to stop; every later padding position becomes ``ignore_index``, which
+    the cross-entropy loss skips.
+
+    Padding is recognised by position (everything after the sequence's own tokens), not by value,
+    so an end-of-text id inside a text would still be learned from.
+
+    ``allowed_max_length`` truncates inputs and targets to that many positions (the model's
+    context length). With ``mask_prompt=True`` the items must be ``(ids, prompt_length)`` pairs
+    (``InstructionDataset(..., with_prompt_length=True)``) and the targets that are prompt tokens
+    (the first ``prompt_length - 1`` targets) become ``ignore_index`` too: the loss then only
+    measures the response.
+    """
+    if len(batch) == 0:
+        raise ValueError("custom_collate_fn got an empty batch.")
+    sequences, prompt_lengths = [], []
+    for item in batch:
+        if isinstance(item, tuple):
+            ids, prompt_length = item
+        else:
+            ids, prompt_length = item, None
+        sequences.append([int(t) for t in ids])
+        prompt_lengths.append(prompt_length)
+    if mask_prompt and any(p is None for p in prompt_lengths):
+        raise ValueError(
+            "mask_prompt=True needs (ids, prompt_length) pairs; build the dataset with "
+            "InstructionDataset(data, tokenizer, with_prompt_length=True)."
+        )
+
+    padded_length = max(len(ids) for ids in sequences) + 1  # room for at least one end-of-text token
+    inputs_list, targets_list = [], []
+    for ids, prompt_length in zip(sequences, prompt_lengths, strict=True):
+        padded = ids + [pad_token_id] * (padded_length - len(ids))
+        inputs = torch.tensor(padded[:-1])
+        targets = torch.tensor(padded[1:])
+        # targets[len(ids) - 1] is the first end-of-text token; everything after it is padding.
+        targets[len(ids) :] = ignore_index
+        if mask_prompt and prompt_length > 1:
+            targets[: prompt_length - 1] = ignore_index
+        if allowed_max_length is not None:
+            inputs, targets = inputs[:allowed_max_length], targets[:allowed_max_length]
+        inputs_list.append(inputs)
+        targets_list.append(targets)
+    return torch.stack(inputs_list).to(device), torch.stack(targets_list).to(device)
+
+
+def make_collate_fn(
+    device: str | torch.device = "cpu",
+    allowed_max_length: int | None = 1024,
+    mask_prompt: bool = False,
+    pad_token_id: int = END_OF_TEXT_ID,
+    ignore_index: int = IGNORE_INDEX,
+):
+    """:func:`custom_collate_fn` with its options filled in, ready for ``DataLoader(collate_fn=...)``.
+
+    The course's recipe: ``functools.partial(custom_collate_fn, device=device, allowed_max_length=1024)``.
+    """
+    return functools.partial(
+        custom_collate_fn,
+        pad_token_id=pad_token_id,
+        ignore_index=ignore_index,
+        allowed_max_length=allowed_max_length,
+        device=device,
+        mask_prompt=mask_prompt,
+    )
+
+
+# --------------------------------------------------------------------------- responses
+
+# Where a response ends when the model goes on writing: a new prompt section or a new prompt.
+_SECTION_START = re.compile(
+    "|".join(re.escape(m) for m in (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER, PREAMBLE))
+)
+_LEADING_MARKERS = re.compile(rf"^(?:\s*{re.escape(RESPONSE_MARKER)})+")
+
+
+def extract_response(generated_text: str, input_text: str) -> str:
+    """The model's answer inside ``generated_text``, which began with the prompt ``input_text``.
+
+    Steps: drop the prompt (or, if the text does not start with it, everything up to its last
+    occurrence, or else up to the last response marker); stop at an end-of-text token; drop the
+    ``### Response:`` marker (also when repeated, and fine when the model left it out); stop where
+    the model starts a new prompt section (``### Instruction:`` and friends); trim whitespace.
+    """
+    text = generated_text
+    if input_text and text.startswith(input_text):
+        text = text[len(input_text) :]
+    elif input_text and input_text in text:
+        text = text.rsplit(input_text, 1)[1]
+    elif RESPONSE_MARKER in text:
+        text = text.rsplit(RESPONSE_MARKER, 1)[1]
+    text = text.split(END_OF_TEXT, 1)[0]
+    text = _LEADING_MARKERS.sub("", text)
+    match = _SECTION_START.search(text)
+    if match:
+        text = text[: match.start()]
+    return text.strip()
+
+
+def generate_response(
+    model,
+    tokenizer,
+    entry: dict,
+    device: str | torch.device,
+    max_new_tokens: int = 256,
+    context_size: int | None = None,
+) -> str:
+    """Greedy-decode ``model``'s answer to ``entry``'s prompt, stopping at end-of-text.
+
+    ``context_size`` defaults to the model's context length (the size of its position embedding).
+    The model is put in eval mode for the generation and given back in the mode it came in.
+    """
+    from .generation import generate  # lecture 02's generation loop
+
+    if context_size is None:
+        context_size = model.pos_emb.num_embeddings
+    input_text = format_input(entry)
+    prompt_ids = tokenizer.encode(input_text)
+    idx = torch.tensor(prompt_ids, device=device).unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        out = generate(
+            model, idx, max_new_tokens=max_new_tokens, context_size=context_size,
+            temperature=0.0, top_k=None, eos_id=END_OF_TEXT_ID,
+        )
+    finally:
+        model.train(was_training)
+    new_ids = out[0, len(prompt_ids) :].tolist()
+    new_ids = [t for t in new_ids if t != END_OF_TEXT_ID]  # in case the loop keeps the stop token
+    return extract_response(input_text + tokenizer.decode(new_ids), input_text)
+
+
+def generate_test_responses(
+    model,
+    tokenizer,
+    entries: list[dict],
+    device: str | torch.device,
+    max_new_tokens: int = 256,
+    context_size: int | None = None,
+    path: str | Path | None = None,
+    response_key: str = "model_response",
+    progress: bool = True,
+) -> list[dict]:
+    """Generate a response for every entry, store it under ``entry[response_key]``, and return ``entries``.
+
+    The entries are updated in place (as in the course). With ``path``, the list is then written
+    as indented JSON, atomically (a ``.part`` file renamed into place).
+    """
+    from tqdm.auto import tqdm
+
+    for entry in tqdm(entries, desc="Generating responses", disable=not progress):
+        entry[response_key] = generate_response(
+            model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size
+        )
+    if path is not None:
+        save_json(entries, path)
+    return entries
+
+
+def save_json(obj, path: str | Path) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    with open(part, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=4, ensure_ascii=False)
+    os.replace(part, path)
+    return path

@@ -1,0 +1,232 @@
+"""Lecture 05 data path: prompt format, split, dataset, collate, response extraction and generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from helpers import instruction as ins
+from helpers.tokenizer import get_tokenizer
+
+P = 50256  # end-of-text, the padding token
+X = -100  # ignore_index
+
+PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+WITH_INPUT = {"instruction": "Rewrite the sentence in passive voice.", "input": "The chef cooks the meal every day.",
+              "output": "The meal is cooked by the chef every day."}
+WITHOUT_INPUT = {"instruction": "Name an antonym for 'happiness.'", "input": "",
+                 "output": "An antonym for 'happiness' is 'sadness.'"}
+
+
+# --------------------------------------------------------------------------- format and split
+
+
+def test_format_input_with_input():
+    assert ins.format_input(WITH_INPUT) == (
+        PREAMBLE
+        + "\n\n### Instruction:\nRewrite the sentence in passive voice."
+        + "\n\n### Input:\nThe chef cooks the meal every day."
+    )
+
+
+def test_format_input_without_input_has_no_input_section():
+    text = ins.format_input(WITHOUT_INPUT)
+    assert text == PREAMBLE + "\n\n### Instruction:\nName an antonym for 'happiness.'"
+    assert "### Input:" not in text
+
+
+def test_format_response_and_example():
+    assert ins.format_response(WITH_INPUT) == "\n\n### Response:\nThe meal is cooked by the chef every day."
+    assert ins.format_example(WITH_INPUT) == ins.format_input(WITH_INPUT) + ins.format_response(WITH_INPUT)
+
+
+def test_real_data_loads_and_splits_935_110_55():
+    data = ins.load_instruction_data()
+    assert len(data) == 1100
+    assert all(set(e) == {"instruction", "input", "output"} for e in data)
+    splits = ins.split_data(data)
+    train, test, val = splits  # the course's order
+    assert (len(train), len(test), len(val)) == (935, 110, 55)
+    assert (splits.train, splits.test, splits.val) == (train, test, val)
+    assert train + test + val == data  # contiguous, in file order, nothing lost
+    # The lecture's "before finetuning" example is the first validation entry.
+    assert val[0]["instruction"] == "Convert the active sentence to passive: 'The chef cooks the meal every day.'"
+    assert test[0]["instruction"] == "Rewrite the sentence using a simile."
+
+
+def test_split_data_other_fractions_and_errors():
+    parts = ins.split_data(list(range(20)), train_frac=0.5, test_frac=0.25)
+    assert parts == ([*range(10)], [*range(10, 15)], [*range(15, 20)])
+    with pytest.raises(ValueError, match="train_frac"):
+        ins.split_data(list(range(20)), train_frac=0.9, test_frac=0.2)
+
+
+# --------------------------------------------------------------------------- collate
+
+BATCH = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+
+
+def test_collate_pads_shifts_and_masks_all_but_first_pad():
+    inputs, targets = ins.custom_collate_fn(BATCH)
+    assert inputs.tolist() == [
+        [1, 2, 3, 4, 5],
+        [6, 7, P, P, P],
+        [8, 9, 10, P, P],
+    ]
+    assert targets.tolist() == [
+        [2, 3, 4, 5, P],
+        [7, P, X, X, X],
+        [9, 10, P, X, X],
+    ]
+    assert inputs.dtype == targets.dtype == torch.long
+
+
+def test_collate_custom_pad_and_ignore_values():
+    inputs, targets = ins.custom_collate_fn([[1, 2], [3]], pad_token_id=0, ignore_index=-1)
+    assert inputs.tolist() == [[1, 2], [3, 0]]
+    assert targets.tolist() == [[2, 0], [0, -1]]
+
+
+def test_collate_truncates_to_allowed_max_length():
+    inputs, targets = ins.custom_collate_fn(BATCH, allowed_max_length=3)
+    assert inputs.tolist() == [[1, 2, 3], [6, 7, P], [8, 9, 10]]
+    assert targets.tolist() == [[2, 3, 4], [7, P, X], [9, 10, P]]
+
+
+def test_collate_masks_prompt_targets():
+    # prompt lengths 2, 1 and 3: the first (length - 1) targets are prompt tokens.
+    batch = [(BATCH[0], 2), (BATCH[1], 1), (BATCH[2], 3)]
+    inputs, targets = ins.custom_collate_fn(batch, mask_prompt=True)
+    assert inputs.tolist() == [[1, 2, 3, 4, 5], [6, 7, P, P, P], [8, 9, 10, P, P]]
+    assert targets.tolist() == [
+        [X, 3, 4, 5, P],
+        [7, P, X, X, X],
+        [X, X, P, X, X],
+    ]
+    # Without mask_prompt the lengths are ignored and the result is the plain one.
+    assert [t.tolist() for t in ins.custom_collate_fn(batch)] == [t.tolist() for t in ins.custom_collate_fn(BATCH)]
+
+
+def test_collate_keeps_end_of_text_inside_a_text():
+    # Padding is found by position, so a real end-of-text token in a sequence remains a target.
+    _, targets = ins.custom_collate_fn([[1, P, 2], [3]])
+    assert targets.tolist() == [[P, 2, P], [P, X, X]]
+
+
+def test_collate_errors():
+    with pytest.raises(ValueError, match="with_prompt_length=True"):
+        ins.custom_collate_fn(BATCH, mask_prompt=True)
+    with pytest.raises(ValueError, match="empty"):
+        ins.custom_collate_fn([])
+
+
+def test_make_collate_fn_fills_in_options():
+    collate = ins.make_collate_fn(device="cpu", allowed_max_length=2)
+    inputs, targets = collate(BATCH)
+    assert inputs.tolist() == [[1, 2], [6, 7], [8, 9]]
+    assert targets.tolist() == [[2, 3], [7, P], [9, 10]]
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def test_dataset_tokenizes_prompt_plus_response():
+    tok = get_tokenizer()
+    data = [WITH_INPUT, WITHOUT_INPUT]
+    ds = ins.InstructionDataset(data, tok)
+    assert len(ds) == 2
+    for i, entry in enumerate(data):
+        assert isinstance(ds[i], list)
+        assert tok.decode(ds[i]) == ins.format_example(entry)
+        assert tok.decode(ds[i][: ds.prompt_lengths[i]]) == ins.format_input(entry)
+
+    ds_len = ins.InstructionDataset(data, tok, with_prompt_length=True)
+    ids, prompt_length = ds_len[0]
+    assert ids == ds[0] and prompt_length == ds.prompt_lengths[0]
+
+
+def test_masked_batch_trains_only_on_response_and_end_of_text():
+    tok = get_tokenizer()
+    data = [WITH_INPUT, WITHOUT_INPUT]
+    ds = ins.InstructionDataset(data, tok, with_prompt_length=True)
+    loader = DataLoader(ds, batch_size=2, shuffle=False, collate_fn=ins.make_collate_fn(mask_prompt=True))
+    inputs, targets = next(iter(loader))
+    assert inputs.shape == targets.shape == (2, max(len(ds[i][0]) for i in range(2)))
+    for row, entry in zip(targets, data, strict=True):
+        kept = row[row != X].tolist()
+        assert tok.decode(kept) == ins.format_response(entry) + "<|endoftext|>"
+
+
+# --------------------------------------------------------------------------- responses
+
+PROMPT = ins.format_input(WITH_INPUT)
+
+
+@pytest.mark.parametrize(
+    "generated, expected",
+    [
+        (PROMPT + "\n\n### Response:\nThe meal is cooked by the chef every day.", "The meal is cooked by the chef every day."),
+        (PROMPT + "\nThe meal is cooked.  \n", "The meal is cooked."),  # marker left out
+        (PROMPT + "\n\n### Response:\n### Response:\nCooked it is.", "Cooked it is."),  # marker repeated
+        (PROMPT + "\n\n### Response:\nThe meal is cooked.\n\n### Instruction:\nAnother task", "The meal is cooked."),
+        (PROMPT + "\n\n### Response:\nDone.\n\n" + PROMPT, "Done."),  # the model repeats the prompt after answering
+        (PROMPT + "\n\n### Response:\n" + PROMPT, ""),  # the model only repeats the prompt: no answer
+        (PROMPT + "\n\n### Response:\nDone.<|endoftext|>junk", "Done."),
+        ("garbled start\n\n### Response:\nStill found.", "Still found."),  # prompt not at the start
+    ],
+)
+def test_extract_response(generated, expected):
+    assert ins.extract_response(generated, PROMPT) == expected
+
+
+def test_generate_test_responses_stores_and_saves_json(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_generate_response(model, tokenizer, entry, device, max_new_tokens=256, context_size=None):
+        calls.append((max_new_tokens, context_size))
+        return "answer to " + entry["instruction"]
+
+    monkeypatch.setattr(ins, "generate_response", fake_generate_response)
+    entries = [dict(WITH_INPUT), dict(WITHOUT_INPUT)]
+    path = tmp_path / "out" / "responses.json"
+    result = ins.generate_test_responses(None, None, entries, "cpu", max_new_tokens=7, context_size=9,
+                                         path=path, progress=False)
+    assert result is entries
+    assert [e["model_response"] for e in entries] == ["answer to " + e["instruction"] for e in entries]
+    assert calls == [(7, 9), (7, 9)]
+    assert json.loads(path.read_text(encoding="utf-8")) == entries
+    assert [p.name for p in path.parent.iterdir()] == ["responses.json"]  # no .part file left
+
+
+class ScriptedModel(torch.nn.Module):
+    """Predicts a fixed continuation of a prompt of known length, then end-of-text, greedily."""
+
+    def __init__(self, prompt_length: int, script: list[int], vocab_size: int = 50257):
+        super().__init__()
+        self.prompt_length, self.script, self.vocab_size = prompt_length, script, vocab_size
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx, *args, **kwargs):
+        b, t = idx.shape
+        k = t - self.prompt_length
+        nxt = self.script[k] if k < len(self.script) else P
+        logits = torch.zeros(b, t, self.vocab_size)
+        logits[:, -1, nxt] = 10.0
+        return logits
+
+
+def test_generate_response_stops_at_end_of_text_and_extracts():
+    pytest.importorskip("helpers.generation")
+    tok = get_tokenizer()
+    prompt_ids = tok.encode(PROMPT)
+    script = tok.encode("\n\n### Response:\nThe meal is cooked by the chef every day.")
+    model = ScriptedModel(len(prompt_ids), script)
+    model.train()
+    out = ins.generate_response(model, tok, WITH_INPUT, "cpu", max_new_tokens=50, context_size=1024)
+    assert out == "The meal is cooked by the chef every day."
+    assert model.training  # handed back in the mode it came in
