@@ -23,7 +23,7 @@ def _prefetch(args) -> int:
     from . import data, runtime
 
     print(f"Cache: {runtime.cache_dir()}")
-    for name in args.data or sorted(data.REGISTRY):
+    for name in args.data or data.LECTURE_DATA:
         path = data.fetch(name)
         print(f"  {name:18s} {path}")
     try:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_lectures)
 
     p = sub.add_parser("prefetch", help="download everything the series needs, before class")
-    p.add_argument("--data", nargs="*", default=None, help="data files to fetch (default: all)")
+    p.add_argument("--data", nargs="*", default=None, help="data files to fetch (default: the lectures' three files; book-* names add Gutenberg books)")
     p.add_argument(
         "--gpt2", nargs="*", default=["124M", "355M"],
         help="GPT-2 sizes whose weights to download (default: 124M 355M; pass none to skip)",

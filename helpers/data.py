@@ -14,6 +14,7 @@ Run ``python -m helpers prefetch`` before class to download everything the serie
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import warnings
 import zipfile
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .download import DownloadError, copy_verified, download, is_valid, verify_file
+from .download import DownloadError, copy_verified, download, is_valid, sha256sum, verify_file
 from .tokenizer import get_tokenizer
 
 
@@ -35,8 +36,8 @@ class DataFile:
     name: str
     filename: str
     urls: tuple[str, ...]
-    sha256: str
-    size: int
+    sha256: str | None  # None: not pinned; the hash of the first download is recorded and enforced
+    size: int | None
     description: str
     license: str
     zip_member: str | None = None  # set when the URLs serve a zip archive holding the file
@@ -83,6 +84,34 @@ REGISTRY: dict[str, DataFile] = {
     )
 }
 
+# The files the lectures themselves use (what `python -m helpers prefetch` downloads).
+LECTURE_DATA = tuple(REGISTRY)
+
+# Public-domain books from Project Gutenberg: a larger pretraining corpus than The Verdict
+# (helpers.pretrain --corpus books). Their checksums could not be pinned when this registry was
+# written (no network), so the first download's SHA-256 is recorded beside the file and enforced
+# from then on.
+GUTENBERG_BOOKS = {
+    "book-pride-and-prejudice": (1342, "Jane Austen, Pride and Prejudice (1813)"),
+    "book-frankenstein": (84, "Mary Shelley, Frankenstein (1818)"),
+    "book-alice": (11, "Lewis Carroll, Alice's Adventures in Wonderland (1865)"),
+    "book-sherlock-holmes": (1661, "Arthur Conan Doyle, The Adventures of Sherlock Holmes (1892)"),
+    "book-moby-dick": (2701, "Herman Melville, Moby Dick (1851)"),
+}
+for _name, (_number, _title) in GUTENBERG_BOOKS.items():
+    REGISTRY[_name] = DataFile(
+        name=_name,
+        filename=f"pg{_number}.txt",
+        urls=(
+            f"https://www.gutenberg.org/cache/epub/{_number}/pg{_number}.txt",
+            f"https://www.gutenberg.org/ebooks/{_number}.txt.utf-8",
+        ),
+        sha256=None,
+        size=None,
+        description=f"{_title}, from Project Gutenberg",
+        license="public domain in the USA (Project Gutenberg licence)",
+    )
+
 
 def data_dir() -> Path:
     path = runtime.cache_dir() / "data"
@@ -116,6 +145,22 @@ def safe_extract(archive: str | Path, target: str | Path, members: list[str] | N
     return written
 
 
+def _recorded_sha256(entry: DataFile, dest: Path) -> str | None:
+    """The pinned SHA-256, or for an unpinned file the one recorded at its first download."""
+    if entry.sha256 is not None:
+        return entry.sha256
+    sidecar = dest.with_name(dest.name + ".sha256")
+    return sidecar.read_text().strip() if sidecar.is_file() else None
+
+
+def _record_sha256(entry: DataFile, path: Path) -> None:
+    if entry.sha256 is None:
+        sidecar = path.with_name(path.name + ".sha256")
+        tmp = sidecar.with_name(sidecar.name + ".part")
+        tmp.write_text(sha256sum(path) + "\n")
+        os.replace(tmp, sidecar)
+
+
 def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
     mirror = runtime.mirror_dir()
     if mirror is None:
@@ -126,7 +171,9 @@ def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
     if not is_valid(candidate, entry.sha256, entry.size):
         warnings.warn(f"Ignoring {candidate}: it does not match the expected SHA-256 of {entry.filename}.", stacklevel=3)
         return None
-    return copy_verified(candidate, dest, entry.sha256, entry.size)
+    path = copy_verified(candidate, dest, entry.sha256, entry.size)
+    _record_sha256(entry, path)
+    return path
 
 
 def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
@@ -151,14 +198,16 @@ def fetch(name: str, progress: bool = True) -> Path:
         raise KeyError(f"Unknown data file {name!r}. Known: {', '.join(sorted(REGISTRY))}.")
     entry = REGISTRY[name]
     dest = data_dir() / entry.filename
-    if is_valid(dest, entry.sha256, entry.size):
+    if dest.is_file() and is_valid(dest, _recorded_sha256(entry, dest), entry.size):
         return dest
     dest.unlink(missing_ok=True)  # a corrupt cached copy is never used or kept
     found = _from_mirror(entry, dest)
     if found is not None:
         return found
     try:
-        return _from_network(entry, dest, progress)
+        path = _from_network(entry, dest, progress)
+        _record_sha256(entry, path)
+        return path
     except DownloadError as err:
         raise DownloadError(
             f"{err}\nFor {entry.description}: copy {entry.filename} into {dest.parent} "
@@ -168,6 +217,20 @@ def fetch(name: str, progress: bool = True) -> Path:
 
 def read_text(name: str) -> str:
     return fetch(name).read_text(encoding="utf-8")
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book itself: drop Project Gutenberg's licence header and footer when they are present."""
+    start = re.search(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", text, re.M | re.I)
+    end = re.search(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK", text, re.M | re.I)
+    body = text[start.end() if start else 0 : end.start() if end else len(text)]
+    return body.strip().replace("\r\n", "\n")
+
+
+def read_corpus(names: list[str] | tuple[str, ...]) -> str:
+    """Several texts joined into one corpus, separated by ``<|endoftext|>`` (Gutenberg boilerplate removed)."""
+    texts = [strip_gutenberg(read_text(name)) if name in GUTENBERG_BOOKS else read_text(name) for name in names]
+    return "<|endoftext|>".join(texts)
 
 
 # --------------------------------------------------------------------------- pretraining data

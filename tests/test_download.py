@@ -150,7 +150,30 @@ def test_unknown_name():
         data.fetch("the-verdikt")
 
 
-@pytest.mark.parametrize("name", sorted(data.REGISTRY))
+def test_unpinned_file_records_its_hash_on_first_download(monkeypatch, tmp_path, http_server):
+    entry = data.DataFile("book", "book.txt", (http_server.url + "/book.txt",), None, None, "a book", "pd")
+    monkeypatch.setitem(data.REGISTRY, "book", entry)
+    monkeypatch.setenv("LECTURES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LECTURES_MIRROR", raising=False)
+    http_server.routes["/book.txt"] = (200, BODY, {})
+    path = data.fetch("book", progress=False)
+    assert (path.parent / "book.txt.sha256").read_text().strip() == DIGEST
+    path.write_bytes(BODY + b"tampered")  # a changed file no longer matches the recorded hash
+    http_server.requests.clear()
+    assert data.fetch("book", progress=False).read_bytes() == BODY
+    assert [r[0] for r in http_server.requests] == ["/book.txt"]
+
+
+def test_strip_gutenberg_and_corpus(monkeypatch):
+    book = ("Title page\r\n*** START OF THE PROJECT GUTENBERG EBOOK ALICE ***\r\nDown the rabbit hole.\r\n"
+            "*** END OF THE PROJECT GUTENBERG EBOOK ALICE ***\r\nLicence text")
+    assert data.strip_gutenberg(book) == "Down the rabbit hole."
+    assert data.strip_gutenberg("no markers") == "no markers"
+    monkeypatch.setattr(data, "read_text", lambda name: book if name == "book-alice" else "The Verdict.")
+    assert data.read_corpus(["the-verdict", "book-alice"]) == "The Verdict.<|endoftext|>Down the rabbit hole."
+
+
+@pytest.mark.parametrize("name", data.LECTURE_DATA)
 def test_registry_files_verify(name):
     """Each lecture file is reachable offline (mirror or cache) and matches its SHA-256."""
     entry = data.REGISTRY[name]
