@@ -1,0 +1,110 @@
+"""Turning a model's next-token probabilities into text.
+
+``generate_text_simple`` is the plainest decoder: always take the most likely token (greedy).
+``generate`` adds temperature scaling, top-k sampling, a stop token and a KV cache.
+
+With the cache, the prompt is run through the model once; after that each step feeds only the one new
+token, reusing the keys and values of the earlier positions (see ``helpers.model.KVCache``). Without
+it, each step reruns the whole sequence. Both give the same tokens (tested); the cache is just faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .tokenizer import text_to_token_ids, token_ids_to_text
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run a block in eval mode without gradients, then restore the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def generate_text_simple(model, idx, max_new_tokens, context_size):
+    """Greedy decoding: append the most likely next token ``max_new_tokens`` times.
+
+    ``idx`` has shape (batch, tokens). Only the last ``context_size`` tokens are fed to the model.
+    """
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -context_size:])[:, -1, :]  # the last position predicts the next token
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)
+            idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def apply_temperature_and_top_k(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None):
+    """The distribution ``generate`` samples from, for a (batch, vocab) tensor of logits.
+
+    Returns probabilities. ``top_k`` keeps only the k largest logits (the rest get probability 0);
+    ``temperature`` divides the logits before softmax: below 1 sharpens, above 1 flattens. With
+    temperature 0 the result is one-hot on the argmax (greedy).
+    """
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        kth_largest = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_largest, -torch.inf)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    if temperature == 0.0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
+             use_cache=True, generator: torch.Generator | None = None):
+    """Generate up to ``max_new_tokens`` tokens after ``idx`` (batch, tokens); returns prompt + new ids.
+
+    - ``temperature=0.0`` is greedy decoding; above 0 the next token is sampled.
+    - ``top_k`` samples only among the k most likely tokens.
+    - ``eos_id`` stops once every sequence in the batch has produced it.
+    - ``use_cache`` feeds one new token per step through a KV cache (same tokens, much faster).
+      Once the sequence is longer than ``context_size`` the model must see a sliding window, which
+      changes every position, so the cache is dropped and each step reruns the last ``context_size``
+      tokens, exactly as without a cache.
+    """
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    with eval_mode(model):
+        cache = model.new_kv_cache() if use_cache and hasattr(model, "new_kv_cache") else None
+        if cache is not None and idx.shape[1] <= context_size:
+            logits = model(idx, kv_cache=cache)[:, -1, :]
+        else:
+            cache = None
+            logits = model(idx[:, -context_size:])[:, -1, :]
+        for _ in range(max_new_tokens):
+            probs = apply_temperature_and_top_k(logits, temperature, top_k)
+            if temperature == 0.0:
+                idx_next = probs.argmax(dim=-1, keepdim=True)
+            else:
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if eos_id is not None:
+                finished |= idx_next.squeeze(-1) == eos_id
+                if bool(finished.all()):
+                    break
+            if cache is not None and idx.shape[1] <= context_size:
+                logits = model(idx_next, kv_cache=cache)[:, -1, :]   # one new position
+            else:
+                cache = None
+                logits = model(idx[:, -context_size:])[:, -1, :]     # the whole (cropped) window
+    return idx
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+    """Print a greedy continuation of ``start_context`` on one line (used after each training epoch)."""
+    context_size = model.pos_emb.weight.shape[0]
+    encoded = text_to_token_ids(start_context, tokenizer).to(device)
+    token_ids = generate(model, encoded, max_new_tokens, context_size)
+    text = token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
+    print(text)
+    return text

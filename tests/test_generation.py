@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from helpers import model as M
+from helpers.generation import apply_temperature_and_top_k, generate, generate_text_simple
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return M.GPTModel(M.get_config("tiny", context_length=16))
+
+
+def test_greedy_generate_equals_generate_text_simple(tiny):
+    idx = torch.randint(0, 50257, (2, 5))
+    assert torch.equal(generate(tiny, idx, 8, 16), generate_text_simple(tiny, idx, 8, 16))
+
+
+@pytest.mark.parametrize("prompt_len", [3, 16, 25])  # short, exactly the context, longer than the context
+def test_kv_cache_gives_identical_greedy_output(tiny, prompt_len):
+    idx = torch.randint(0, 50257, (2, prompt_len))
+    with_cache = generate(tiny, idx, 20, 16, use_cache=True)
+    without = generate(tiny, idx, 20, 16, use_cache=False)
+    assert with_cache.shape == (2, prompt_len + 20)
+    assert torch.equal(with_cache, without)
+
+
+def test_generation_restores_training_mode(tiny):
+    tiny.train()
+    generate(tiny, torch.zeros(1, 2, dtype=torch.long), 2, 16)
+    assert tiny.training
+    tiny.eval()
+    generate_text_simple(tiny, torch.zeros(1, 2, dtype=torch.long), 2, 16)
+    assert not tiny.training
+
+
+def test_top_k_keeps_only_k_candidates():
+    logits = torch.tensor([[4.0, 1.0, 3.0, 2.0, 0.5]])
+    probs = apply_temperature_and_top_k(logits, temperature=1.0, top_k=2)
+    assert (probs > 0).sum().item() == 2 and probs[0, 0] > probs[0, 2] > 0
+    assert probs.sum().item() == pytest.approx(1.0)
+    torch.manual_seed(0)
+    samples = {int(torch.multinomial(probs, 1)) for _ in range(200)}
+    assert samples == {0, 2}
+
+
+def test_temperature():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    greedy = apply_temperature_and_top_k(logits, 0.0)
+    assert greedy.tolist() == [[1.0, 0.0, 0.0]]
+    sharp, flat = apply_temperature_and_top_k(logits, 0.5), apply_temperature_and_top_k(logits, 5.0)
+    assert sharp[0, 0] > torch.softmax(logits, -1)[0, 0] > flat[0, 0] > 1 / 3
+    with pytest.raises(ValueError):
+        apply_temperature_and_top_k(logits, -1.0)
+    with pytest.raises(ValueError):
+        apply_temperature_and_top_k(logits, 1.0, top_k=0)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny):
+    idx = torch.zeros(1, 3, dtype=torch.long)
+    torch.manual_seed(5)
+    a = generate(tiny, idx, 10, 16, temperature=1.4, top_k=25)
+    torch.manual_seed(5)
+    b = generate(tiny, idx, 10, 16, temperature=1.4, top_k=25)
+    assert torch.equal(a, b)
+
+
+def test_eos_stops_generation(tiny):
+    idx = torch.randint(0, 50257, (1, 4))
+    free = generate(tiny, idx, 10, 16)
+    eos = int(free[0, 6])  # the third generated token
+    stopped = generate(tiny, idx, 10, 16, eos_id=eos)
+    first_eos = (free[0, 4:] == eos).nonzero()[0].item() + 4
+    assert torch.equal(stopped, free[:, : first_eos + 1])  # stops right after producing eos_id
+
+
+class NextIsPlusOne(torch.nn.Module):
+    """A stub model whose most likely next token is always the last token + 1."""
+
+    def forward(self, idx):
+        logits = torch.zeros(*idx.shape, 100)
+        return logits.scatter(-1, ((idx + 1) % 100).unsqueeze(-1), 1.0)
+
+
+def test_eos_waits_for_every_sequence_in_a_batch():
+    stub = NextIsPlusOne()
+    both = generate(stub, torch.tensor([[10], [10]]), 6, 8, eos_id=13)
+    assert both.tolist() == [[10, 11, 12, 13]] * 2
+    one = generate(stub, torch.tensor([[10], [20]]), 6, 8, eos_id=13)
+    assert one.tolist() == [[10, 11, 12, 13, 14, 15, 16], [20, 21, 22, 23, 24, 25, 26]]
