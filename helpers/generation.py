@@ -100,11 +100,12 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return idx
 
 
-def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
-    """Print a greedy continuation of ``start_context`` on one line (used after each training epoch)."""
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50, quiet=False):
+    """Print (unless ``quiet``) and return a greedy continuation of ``start_context`` on one line."""
     context_size = model.pos_emb.weight.shape[0]
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     token_ids = generate(model, encoded, max_new_tokens, context_size)
     text = token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
-    print(text)
+    if not quiet:
+        print(text)
     return text

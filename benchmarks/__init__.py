@@ -1,0 +1,1 @@
+"""Speed benchmarks of the teaching path against the fast path: ``python -m benchmarks``."""

@@ -1,0 +1,95 @@
+"""The fast path: the same training and generation, with PyTorch's quicker kernels.
+
+The lectures' code is written to be read. This module collects the switches that make it fast without
+changing what it computes (each is tested against the teaching path within float tolerance):
+
+* fused kernels for attention, LayerNorm and GELU (``helpers.model.set_impl(model, "fast")``);
+* a fused AdamW step (one kernel over all parameters instead of a Python loop over tensors);
+* on CUDA: bf16 autocast and TF32 matrix multiplies (tensor cores), pinned host memory;
+* optionally ``torch.compile``.
+
+``FastPath.for_device(device)`` picks sensible defaults; ``FastPath.teaching()`` switches everything off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from .model import set_impl
+
+
+def _fused_adamw_supported(device: torch.device) -> bool:
+    """Fused AdamW exists for CUDA and, from PyTorch 2.4, for the CPU and MPS."""
+    if "fused" not in inspect.signature(torch.optim.AdamW).parameters:
+        return False
+    if device.type == "cuda":
+        return True
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 4) and device.type in ("cpu", "mps")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which speed-ups to use. Every field can be changed with ``dataclasses.replace``."""
+
+    impl: str = "fast"                   # "fast": fused attention/LayerNorm/GELU; "teaching": spelled out
+    optimizer: str = "fused"             # "fused", "foreach" or "for-loop" AdamW implementation
+    autocast_dtype: str | None = None    # "bfloat16" or "float16" to run matmuls in lower precision
+    tf32: bool = False                   # allow TF32 matmuls on NVIDIA GPUs (Ampere and newer)
+    compile: bool = False                # torch.compile the model
+    pin_memory: bool = False             # page-locked host memory for faster host-to-GPU copies
+
+    @classmethod
+    def teaching(cls) -> FastPath:
+        """The readable path the lectures explain: no fused kernels, a for-loop AdamW, float32."""
+        return cls(impl="teaching", optimizer="for-loop")
+
+    @classmethod
+    def for_device(cls, device: str | torch.device) -> FastPath:
+        """Sensible defaults: fused kernels everywhere; bf16 autocast, TF32 and pinned memory on CUDA."""
+        device = torch.device(device)
+        options = cls(optimizer="fused" if _fused_adamw_supported(device) else "foreach")
+        if device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported()
+            options = replace(options, autocast_dtype="bfloat16" if bf16 else None, tf32=True, pin_memory=True)
+        return options
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, options: FastPath,
+                   device: str | torch.device | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, in the implementation ``options.optimizer`` names."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = torch.device(device) if device is not None else params[0].device
+    kind = options.optimizer
+    if kind == "fused" and not _fused_adamw_supported(device):
+        kind = "foreach"
+    extra = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    if kind not in extra:
+        raise ValueError(f"optimizer must be 'fused', 'foreach' or 'for-loop', got {options.optimizer!r}.")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **extra[kind])
+
+
+def prepare_model(model: torch.nn.Module, options: FastPath) -> torch.nn.Module:
+    """Switch the model's kernels (and compile it if asked). Returns the model to use."""
+    set_impl(model, options.impl)
+    if options.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if options.compile:
+        model = torch.compile(model)
+    return model
+
+
+def autocast(device: str | torch.device, options: FastPath):
+    """A context manager running the forward pass in ``options.autocast_dtype`` (no-op when None)."""
+    if options.autocast_dtype is None:
+        return contextlib.nullcontext()
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=getattr(torch, options.autocast_dtype))

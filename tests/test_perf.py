@@ -1,0 +1,77 @@
+"""The fast path computes what the teaching path computes (within float tolerance)."""
+
+import copy
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from helpers import model as M
+from helpers.losses import calc_loss_batch
+from helpers.perf import FastPath, autocast, make_optimizer, prepare_model
+
+
+def _train_steps(model, options, batches, steps=3):
+    model = prepare_model(model, options)
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1, options=options)
+    losses = []
+    for x, y in batches[:steps]:
+        optimizer.zero_grad()
+        with autocast("cpu", options):
+            loss = calc_loss_batch(x, y, model, "cpu")
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+def test_defaults():
+    assert FastPath.teaching().impl == "teaching" and FastPath.teaching().optimizer == "for-loop"
+    cpu = FastPath.for_device("cpu")
+    assert cpu.impl == "fast" and cpu.autocast_dtype is None and not cpu.tf32
+
+
+@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
+def test_fast_training_matches_teaching(optimizer):
+    torch.manual_seed(0)
+    # No qkv bias: the key bias has an analytically zero gradient (softmax ignores a constant shift),
+    # and Adam turns the rounding noise in it into full-size steps of either sign.
+    base = M.GPTModel(M.get_config("tiny"))
+    batches = [(torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))) for _ in range(3)]
+    teach, teach_losses = _train_steps(copy.deepcopy(base), FastPath.teaching(), batches)
+    fast, fast_losses = _train_steps(copy.deepcopy(base), replace(FastPath.for_device("cpu"), optimizer=optimizer), batches)
+    assert teach_losses == pytest.approx(fast_losses, rel=1e-5)
+    for (name, a), b in zip(teach.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_autocast_stays_close():
+    torch.manual_seed(0)
+    model = M.GPTModel(M.get_config("tiny")).eval()
+    x = torch.randint(0, 50257, (2, 16))
+    ref = model(x)
+    with autocast("cpu", replace(FastPath(), autocast_dtype="bfloat16")):
+        low = model(x).float()
+    assert (low - ref).abs().max() < 0.1  # bf16 keeps ~3 significant digits
+    assert torch.equal(low.argmax(-1), ref.argmax(-1)) or (low.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="fused"):
+        make_optimizer(M.GPTModel(M.get_config("tiny")), 1e-3, 0.0, replace(FastPath(), optimizer="lion"))
+
+
+def test_benchmark_runs_quick(tmp_path):
+    """``python -m benchmarks --quick`` runs end to end and writes its JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--steps", "2", "--warmup", "1",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    kinds = {(r["kind"], r["path"]) for r in results}
+    assert {("train", "teaching"), ("train", "fast"), ("generate", "fast"), ("eval", "teaching")} <= kinds
+    assert all(r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in results)
+    assert "speed-up" in proc.stdout
