@@ -1,16 +1,24 @@
 """Figures of training runs. Every function returns its matplotlib Figure (to show, save or change).
 
-The figures are built with ``matplotlib.figure.Figure`` directly rather than ``pyplot``, so that
-nothing is drawn twice in a notebook: a Figure shows when it is a cell's last value or is passed to
-``display``.
+In a notebook a returned Figure shows when it is the cell's last value (or is passed to ``display``).
+The figures are closed in pyplot right after they are made, so they are not drawn a second time at
+the end of the cell, and scripts do not pile up open figures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+
+def new_figure(figsize=(6, 3.5)) -> Figure:
+    """A pyplot figure (so Jupyter's inline backend renders it) that pyplot no longer tracks."""
+    fig = plt.figure(figsize=figsize, layout="constrained")
+    plt.close(fig)
+    return fig
 
 
 def _history_like(obj):
@@ -25,7 +33,7 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
                 title=None, ax=None) -> Figure:
     """Training and validation ``label`` against epochs, with a second x-axis of tokens (or examples) seen."""
     if ax is None:
-        fig = Figure(figsize=(6, 3.5), layout="constrained")
+        fig = new_figure((6, 3.5))
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -74,7 +82,7 @@ def plot_runs(runs: Sequence, labels: Sequence[str] | None = None, metric: str =
         labels = [r if isinstance(r, str) else f"run {i + 1}" for i, r in enumerate(runs)]
     if len(labels) != len(histories):
         raise ValueError(f"Got {len(histories)} runs but {len(labels)} labels.")
-    fig = Figure(figsize=(7, 4), layout="constrained")
+    fig = new_figure((7, 4))
     ax = fig.add_subplot()
     for i, (history, label) in enumerate(zip(histories, labels, strict=True)):
         color = f"C{i % 10}"
@@ -108,7 +116,7 @@ class LiveLossPlot:
             get_ipython = None
         self.handle = None
         if get_ipython is not None and get_ipython() is not None:
-            self.handle = display(Figure(figsize=(1, 1)), display_id=True)
+            self.handle = display(new_figure((1, 1)), display_id=True)
 
     def update(self, history) -> Figure | None:
         if self.handle is None or not history.epochs:
