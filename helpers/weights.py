@@ -131,6 +131,7 @@ def load_openai_checkpoint(folder: str | Path):
 def _import_tensorflow():
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # we only read files; this also silences its banner
         import tensorflow as tf
     except ImportError as err:
         raise ImportError(

@@ -17,6 +17,7 @@ def pytest_configure(config):
     os.environ.setdefault("LECTURES_PROFILE", "quick")
     os.environ.setdefault("LECTURES_DEVICE", "cpu")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if "LECTURES_MIRROR" not in os.environ:
         user_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-lectures" / "data"
         for candidate in (SHARED_DATA, user_cache):
