@@ -378,14 +378,14 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
 # ------------------------------------------------------------------------------- the lectures' entry point
 
 
-def load_base_model(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
-                    device=None, verbose: bool = True):
-    """The pretrained model lectures 03-06 start from, as ``(model, cfg, source)``.
+def load_base_params(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
+                     verbose: bool = True):
+    """The weights lectures 03-06 start from, as ``(settings, params, source)``.
 
     In the full profile: OpenAI's GPT-2 ``model_size`` (TF checkpoint, else safetensors). When neither
     can be had (offline), or in the quick profile (which never downloads the 0.5-6 GB files): lecture
-    02's model, written in OpenAI's layout and read back through the same loader. If lecture 02 has not
-    run either, a freshly initialised model. ``source`` says which one you got.
+    02's model, written in OpenAI's layout and read back through the very same reader. If lecture 02 has
+    not run either, a freshly initialised model. ``source`` says in words which one you got.
     """
     check_size(model_size)
     profile = runtime.profile(profile)
@@ -397,15 +397,14 @@ def load_base_model(model_size: str = "124M", *, allow_download: bool = True, pr
         if local or runtime.mirror_dir() is not None or reachable(f"{BASE_URLS[0]}/{model_size}/hparams.json"):
             try:
                 settings, params = download_and_load_gpt2(model_size)
-                model, cfg = _model_from_params(settings, params, device)
-                return model, cfg, f"OpenAI GPT-2 {model_size} (TensorFlow checkpoint in {folder})"
+                return settings, params, f"OpenAI's GPT-2 {model_size} (TensorFlow checkpoint in {folder})"
             except (DownloadError, OSError, ImportError) as err:
                 problems.append(f"OpenAI checkpoint: {str(err).splitlines()[0]}")
         else:
             problems.append("OpenAI checkpoint: the download server cannot be reached")
         try:
-            model, cfg = load_gpt2_from_hf(model_size, device)
-            return model, cfg, f"OpenAI GPT-2 {model_size} (safetensors from the Hugging Face Hub)"
+            settings, params = load_gpt2_params_from_safetensors(download_gpt2_safetensors(model_size))
+            return settings, params, f"OpenAI's GPT-2 {model_size} (safetensors from the Hugging Face Hub)"
         except Exception as err:  # the Hub raises its own error types for offline, missing, ...
             problems.append(f"Hugging Face Hub: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
         say(f"Could not get GPT-2 {model_size}'s weights:\n  - " + "\n  - ".join(problems))
@@ -421,15 +420,24 @@ def load_base_model(model_size: str = "124M", *, allow_download: bool = True, pr
         if not (folder / "checkpoint").is_file() or (folder / "hparams.json").stat().st_mtime < ckpt.stat().st_mtime:
             write_openai_checkpoint(folder, *params_from_model(trained))
         settings, params = load_openai_checkpoint(folder)
-        model, cfg = _model_from_params(settings, params, device)
-        say(f"Using lecture 02's model instead, read back from OpenAI's checkpoint layout in {folder}.")
-        return model, cfg, f"lecture 02's model ({profile} profile) in OpenAI's checkpoint layout"
+        say(f"Using lecture 02's model instead, written in OpenAI's checkpoint layout to {folder} and read back.")
+        return settings, params, f"lecture 02's model ({profile} profile) in OpenAI's checkpoint layout"
     cfg = get_config(model_size) if profile == "full" else get_config(
         "gpt2-small", context_length=128, emb_dim=128, n_heads=4, n_layers=2)
     runtime.set_seed(123)
     say("WARNING: no GPT-2 weights and no lecture 02 checkpoint found: using an UNTRAINED model. "
         "Its text will be gibberish. Run lecture 02 first, or go online for the real GPT-2.")
-    return GPTModel(cfg).to(device or "cpu").eval(), cfg, "an untrained model (random weights)"
+    settings, params = params_from_model(GPTModel(cfg))
+    return settings, params, "an untrained model (random weights)"
+
+
+def load_base_model(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
+                    device=None, verbose: bool = True):
+    """:func:`load_base_params` loaded into a ``GPTModel``: returns ``(model, cfg, source)``, in eval mode."""
+    settings, params, source = load_base_params(model_size, allow_download=allow_download, profile=profile,
+                                                verbose=verbose)
+    model, cfg = _model_from_params(settings, params, device)
+    return model, cfg, source
 
 
 def prefetch_gpt2(model_size: str) -> Path:
