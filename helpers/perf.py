@@ -93,3 +93,54 @@ def autocast(device: str | torch.device, options: FastPath):
         return contextlib.nullcontext()
     device = torch.device(device)
     return torch.autocast(device.type, dtype=getattr(torch, options.autocast_dtype))
+
+
+class PeakMemory:
+    """Measure the peak memory of a block of code: ``with PeakMemory(device) as peak: ...; peak.mb``.
+
+    On CUDA it reads PyTorch's allocator statistics (tensors only). Elsewhere it samples the process's
+    resident memory (RSS) every ``interval`` seconds in a background thread and reports the peak above
+    the level at the start, so it includes everything the process allocated (tensors, gradients,
+    optimizer state) but may miss a spike shorter than the interval.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.02):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.mb = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        import threading
+
+        import psutil
+
+        process = psutil.Process()
+        self._start = process.memory_info().rss
+        self._peak = self._start
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self._peak = max(self._peak, process.memory_info().rss)
+                self._stop.wait(self.interval)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        import psutil
+
+        self._peak = max(self._peak, psutil.Process().memory_info().rss)
+        self.mb = (self._peak - self._start) / 2**20

@@ -75,3 +75,17 @@ def test_benchmark_runs_quick(tmp_path):
     assert {("train", "teaching"), ("train", "fast"), ("generate", "fast"), ("eval", "teaching")} <= kinds
     assert all(r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in results)
     assert "speed-up" in proc.stdout
+
+
+def test_peak_memory_sees_a_large_allocation():
+    from helpers.perf import PeakMemory
+
+    with PeakMemory("cpu", interval=0.005) as small:
+        torch.zeros(10)
+    with PeakMemory("cpu", interval=0.005) as big:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched so the pages are resident
+        import time
+
+        time.sleep(0.05)
+        del block
+    assert big.mb > 50 and big.mb > small.mb
