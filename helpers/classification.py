@@ -542,3 +542,38 @@ __all__ = [
     "calc_loss_loader", "calc_accuracy_loader", "classify_review", "LoadedClassifier", "save_classifier",
     "load_classifier",
 ]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
+                            position: str = "last", pad_token_id: int = END_OF_TEXT_ID, **kwargs):
+    """The course's classifier training: lecture 02's ``train_loop`` with the classification loss.
+
+    It counts examples instead of tokens and, after each epoch, records the training and validation
+    accuracy over ``eval_iter`` batches in ``history.extra["train_acc"]`` / ``["val_acc"]``. Extra
+    keyword arguments (``progress``, ``verbose``, ``live_plot``, ``config``) go to ``train_loop``.
+    Returns the :class:`helpers.training.History`.
+    """
+    from functools import partial
+
+    from .training import train_loop
+
+    verbose = kwargs.get("verbose", True)
+    options = {"position": position, "pad_token_id": pad_token_id}
+
+    def record_accuracy(epoch, history):
+        for name, loader in (("train_acc", train_loader), ("val_acc", val_loader)):
+            accuracy = calc_accuracy_loader(loader, model, device, num_batches=eval_iter, **options)
+            history.extra.setdefault(name, []).append(accuracy)
+        if verbose:
+            print(f"Training accuracy: {history.extra['train_acc'][-1] * 100:.2f}% | "
+                  f"Validation accuracy: {history.extra['val_acc'][-1] * 100:.2f}%")
+
+    return train_loop(
+        model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
+        loss_fn=partial(calc_loss_batch, **options), eval_loss_fn=partial(calc_loss_loader, **options),
+        count_fn=lambda input_batch, target_batch: input_batch.shape[0], seen_unit="examples",
+        on_epoch_end=record_accuracy, **kwargs,
+    )

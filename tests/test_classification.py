@@ -384,3 +384,20 @@ def test_save_and_load_reject_mismatches(tmp_path):
         cls.load_classifier(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError):
         cls.load_classifier(tmp_path / "missing.pt")
+
+
+def test_train_classifier_simple_records_accuracy_and_examples():
+    torch.manual_seed(0)
+    model = cls.add_classification_head(GPTModel(get_config("tiny")), 2, trainable="all")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50257, (24, 6), generator=g)
+    y = (x[:, -1] % 2).long()  # a learnable rule: the parity of the last token
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 24, 4)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = cls.train_classifier_simple(model, batches, batches[:2], optimizer, "cpu", num_epochs=3, eval_freq=4,
+                                      eval_iter=6, progress=False, verbose=False)
+    assert history.seen_unit == "examples"
+    assert history.tokens_seen == [(s + 1) * 4 for s in history.steps]
+    assert len(history.extra["train_acc"]) == len(history.extra["val_acc"]) == 3
+    assert history.extra["train_acc"][-1] == cls.calc_accuracy_loader(batches, model, "cpu")
+    assert history.train_losses[-1] < history.train_losses[0]
