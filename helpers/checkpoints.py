@@ -14,6 +14,7 @@ A *run* is a folder under ``LECTURES_CACHE/runs/<name>/`` with ``history.json`` 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -27,21 +28,66 @@ FORMAT = "llm-lectures-checkpoint/1"
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to ``path.part``, then rename: the file at ``path`` is always complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _plain(value, where: str = "meta"):
+    """``value`` as plain Python data that ``torch.load(weights_only=True)`` accepts.
+
+    Paths and devices become strings, tuples lists, NumPy scalars Python numbers; tensors stay.
+    Anything else is refused now, at saving, rather than when the file is loaded.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # NumPy scalar
+        return value.item()
+    raise TypeError(
+        f"Cannot store {where} = {value!r} ({type(value).__name__}) in a checkpoint: use numbers, strings, "
+        f"lists, dicts or tensors (a checkpoint is loaded with weights_only=True, which refuses other objects)."
+    )
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``torch.compile`` (``_orig_mod``) or DDP (``module``), whose state_dict keys are plain."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     **meta) -> Path:
-    """Save model (and optimizer) state with the model's config, so it can be rebuilt from the file alone."""
+    """Save model (and optimizer) state with the model's config, so the model can be rebuilt from the file.
+
+    Keyword arguments are stored as ``meta`` (numbers, strings, lists, dicts; paths become strings).
+    The write is atomic. Returns the path.
+    """
+    model = _unwrap(model)
     cfg = getattr(model, "cfg", None)
     return atomic_torch_save(
-        {"format": FORMAT, "cfg": dict(cfg) if cfg is not None else None, "model_state": model.state_dict(),
-         "optimizer_state": optimizer.state_dict() if optimizer is not None else None, "meta": meta},
+        {"format": FORMAT, "cfg": _plain(dict(cfg), "cfg") if cfg is not None else None,
+         "model_state": model.state_dict(),
+         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+         "meta": _plain(meta)},
         path,
     )
 
@@ -54,7 +100,10 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} could not be read as a checkpoint ({err}). Is it truncated or another format?") from err
+        raise ValueError(
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"Is it truncated, or a file of another kind?"
+        ) from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not a checkpoint written by helpers.checkpoints.save_checkpoint "
@@ -67,18 +116,28 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, map_location="cpu"):
     """Restore a checkpoint. Returns ``(model, optimizer, meta)``.
 
-    Without ``model``, a ``GPTModel`` is built from the saved config. The optimizer state is restored
-    only when an ``optimizer`` is passed (training can then resume exactly where it stopped).
+    Without ``model``, a ``GPTModel`` is built from the saved config (on the CPU: move it with
+    ``.to(device)``). The optimizer state is restored only when an ``optimizer`` is passed; build it
+    over the model's parameters first, then training resumes exactly where it stopped.
     """
     ckpt = read_checkpoint(path, map_location)
     if model is None:
         if ckpt["cfg"] is None:
             raise ValueError(f"{path} holds no model config; pass the model to load it into.")
         model = GPTModel(ckpt["cfg"])
-    model.load_state_dict(ckpt["model_state"])
+    target = _unwrap(model)
+    try:
+        target.load_state_dict(ckpt["model_state"])
+    except RuntimeError as err:
+        mine = getattr(target, "cfg", None)
+        raise ValueError(
+            f"The weights in {path} do not fit this model. The checkpoint's config is {ckpt['cfg']}"
+            + (f"; the model's is {mine}" if mine is not None else "")
+            + f". Build the model from the checkpoint's config (load_checkpoint(path) without a model).\n{err}"
+        ) from err
     if optimizer is not None:
         if ckpt["optimizer_state"] is None:
-            raise ValueError(f"{path} holds no optimizer state.")
+            raise ValueError(f"{path} holds no optimizer state (it was saved without an optimizer).")
         optimizer.load_state_dict(ckpt["optimizer_state"])
     return model, optimizer, ckpt["meta"]
 
@@ -96,19 +155,29 @@ def runs_dir() -> Path:
 
 
 def _run_folder(name: str) -> Path:
-    if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", name):
-        raise ValueError(f"Run names may use letters, digits and _ . = + - only; got {name!r}.")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", name):
+        raise ValueError(f"Run names start with a letter or digit and may use letters, digits and _ . = + - "
+                         f"only; got {name!r}.")
     return runs_dir() / name
 
 
 def save_run(name: str, history, model: torch.nn.Module | None = None,
              optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Save a run's history (and optionally its model and optimizer) under ``runs/<name>/``."""
+    """Save a run under ``runs/<name>/``: ``history.json``, ``config.json`` and, with a model, ``checkpoint.pt``.
+
+    Saving again under the same name replaces the run. Returns the run's folder.
+    """
     folder = _run_folder(name)
     folder.mkdir(parents=True, exist_ok=True)
-    history.to_json(folder / "history.json")
     if model is not None:
-        save_checkpoint(folder / "checkpoint.pt", model, optimizer, run=name)
+        config = json.loads(json.dumps(history.config, default=str))  # plain data, as in config.json
+        save_checkpoint(folder / "checkpoint.pt", model, optimizer, run=name, config=config)
+    else:
+        (folder / "checkpoint.pt").unlink(missing_ok=True)  # a rerun under the same name replaces it all
+    tmp = folder / "config.json.part"
+    tmp.write_text(json.dumps(history.config, indent=1, default=str))
+    os.replace(tmp, folder / "config.json")
+    history.to_json(folder / "history.json")  # last: a run is listed once its history is there
     return folder
 
 
@@ -121,7 +190,7 @@ def list_runs() -> list[str]:
 
 
 def load_run(name: str, with_model: bool = False):
-    """The saved ``History`` of a run, and with ``with_model=True`` also ``(model, meta)`` from its checkpoint."""
+    """The saved ``History`` of a run; with ``with_model=True`` ``(history, model, meta)`` from its checkpoint."""
     from .training import History
 
     folder = _run_folder(name)

@@ -67,13 +67,22 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
     - ``temperature=0.0`` is greedy decoding; above 0 the next token is sampled.
     - ``top_k`` samples only among the k most likely tokens.
-    - ``eos_id`` stops once every sequence in the batch has produced it.
+    - ``eos_id`` stops once every sequence in the batch has produced it. The stop token is kept in
+      the output (the course's listing drops it; ``token_ids_to_text`` shows it as
+      ``<|endoftext|>``), and a sequence that finished early is padded with ``eos_id`` while the
+      others go on, so that everything after a row's first ``eos_id`` is ``eos_id``.
     - ``use_cache`` feeds one new token per step through a KV cache (same tokens, much faster).
       Once the sequence is longer than ``context_size`` the model must see a sliding window, which
       changes every position, so the cache is dropped and each step reruns the last ``context_size``
       tokens, exactly as without a cache.
     """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}.")
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    if max_new_tokens <= 0:
+        return idx
     with eval_mode(model):
         cache = model.new_kv_cache() if use_cache and hasattr(model, "new_kv_cache") else None
         if cache is not None and idx.shape[1] <= context_size:
@@ -81,17 +90,18 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
         else:
             cache = None
             logits = model(idx[:, -context_size:])[:, -1, :]
-        for _ in range(max_new_tokens):
-            probs = apply_temperature_and_top_k(logits, temperature, top_k)
-            if temperature == 0.0:
-                idx_next = probs.argmax(dim=-1, keepdim=True)
+        for step in range(max_new_tokens):
+            if temperature == 0.0:                                  # greedy (top-k cannot change the argmax)
+                idx_next = torch.argmax(logits, dim=-1, keepdim=True)
             else:
+                probs = apply_temperature_and_top_k(logits, temperature, top_k)
                 idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, idx_next), dim=1)
             if eos_id is not None:
+                idx_next = idx_next.masked_fill(finished.unsqueeze(-1), eos_id)  # finished rows: pad
                 finished |= idx_next.squeeze(-1) == eos_id
-                if bool(finished.all()):
-                    break
+            idx = torch.cat((idx, idx_next), dim=1)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
             if cache is not None and idx.shape[1] <= context_size:
                 logits = model(idx_next, kv_cache=cache)[:, -1, :]   # one new position
             else:

@@ -1,3 +1,6 @@
+import json
+import pickle
+
 import pytest
 import torch
 
@@ -64,3 +67,56 @@ def test_runs_save_list_load(monkeypatch, tmp_path):
 def test_pretrained_checkpoint_path(monkeypatch, tmp_path):
     monkeypatch.setenv("LECTURES_CACHE", str(tmp_path))
     assert C.pretrained_checkpoint_path("quick") == tmp_path / "checkpoints" / "02_pretraining_quick.pt"
+
+
+def test_atomic_write_leaves_the_old_file_and_no_part_on_failure(tmp_path):
+    path = C.atomic_torch_save({"a": 1}, tmp_path / "x.pt")
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be pickled
+        C.atomic_torch_save({"a": lambda: 0}, path)
+    assert torch.load(path, weights_only=True) == {"a": 1}
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_meta_is_stored_as_plain_data(tmp_path):
+    from pathlib import Path
+
+    import numpy as np
+
+    model = M.GPTModel(M.get_config("tiny"))
+    path = C.save_checkpoint(tmp_path / "c.pt", model, data=Path("/data/x.txt"), shape=(2, 3),
+                             loss=np.float32(1.5), device=torch.device("cpu"))
+    _, _, meta = C.load_checkpoint(path, model)
+    assert meta == {"data": "/data/x.txt", "shape": [2, 3], "loss": 1.5, "device": "cpu"}
+    with pytest.raises(TypeError, match="meta\\['fn'\\]"):
+        C.save_checkpoint(tmp_path / "d.pt", model, fn=print)
+    assert not (tmp_path / "d.pt").exists()
+
+
+def test_loading_into_a_model_of_another_size_says_so(tmp_path):
+    path = C.save_checkpoint(tmp_path / "c.pt", M.GPTModel(M.get_config("tiny")))
+    with pytest.raises(ValueError, match="do not fit this model.*emb_dim"):
+        C.load_checkpoint(path, M.GPTModel(M.get_config("tiny", emb_dim=64)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch when torch.compile loads
+def test_a_compiled_model_saves_plain_keys(tmp_path):
+    torch.manual_seed(0)
+    model = M.GPTModel(M.get_config("tiny"))
+    compiled = torch.compile(model)  # compiles lazily, at the first call: nothing is compiled here
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    loaded, _, _ = C.load_checkpoint(C.save_checkpoint(tmp_path / "c.pt", compiled))
+    assert torch.equal(loaded.out_head.weight, model.out_head.weight)
+
+
+def test_runs_write_config_and_replace_on_rerun(monkeypatch, tmp_path):
+    monkeypatch.setenv("LECTURES_CACHE", str(tmp_path))
+    model = M.GPTModel(M.get_config("tiny"))
+    h = History([2.0], [2.5], [16], [0], [1.0], config={"lr": 4e-4, "model": model.cfg})
+    folder = C.save_run("r1", h, model)
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "config.json", "history.json"]
+    assert json.loads((folder / "config.json").read_text()) == h.config
+    assert C.load_run("r1", with_model=True)[2] == {"run": "r1", "config": h.config}
+    C.save_run("r1", h)  # rerun without a model: the old checkpoint must not pass for this run's
+    assert not (folder / "checkpoint.pt").exists()
+    with pytest.raises(ValueError):
+        C.save_run("..", h)

@@ -54,6 +54,13 @@ def test_temperature():
         apply_temperature_and_top_k(logits, -1.0)
     with pytest.raises(ValueError):
         apply_temperature_and_top_k(logits, 1.0, top_k=0)
+    assert torch.equal(apply_temperature_and_top_k(logits, 1.0, top_k=10), torch.softmax(logits, -1))
+
+
+def test_temperature_zero_is_greedy_even_with_top_k(tiny):
+    idx = torch.randint(0, 50257, (2, 4))
+    greedy = generate_text_simple(tiny, idx, 6, 16)
+    assert torch.equal(generate(tiny, idx, 6, 16, temperature=0.0, top_k=5), greedy)
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny):
@@ -86,5 +93,31 @@ def test_eos_waits_for_every_sequence_in_a_batch():
     stub = NextIsPlusOne()
     both = generate(stub, torch.tensor([[10], [10]]), 6, 8, eos_id=13)
     assert both.tolist() == [[10, 11, 12, 13]] * 2
-    one = generate(stub, torch.tensor([[10], [20]]), 6, 8, eos_id=13)
-    assert one.tolist() == [[10, 11, 12, 13, 14, 15, 16], [20, 21, 22, 23, 24, 25, 26]]
+    one = generate(stub, torch.tensor([[10], [20]]), 6, 8, eos_id=13)  # the first row is padded with eos
+    assert one.tolist() == [[10, 11, 12, 13, 13, 13, 13], [20, 21, 22, 23, 24, 25, 26]]
+    assert generate(stub, torch.tensor([[10]]), 6, 8).tolist() == [[10, 11, 12, 13, 14, 15, 16]]
+
+
+def test_the_cache_feeds_one_token_per_step_until_the_context_is_full(tiny):
+    lengths = []
+    hook = tiny.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        generate(tiny, torch.randint(0, 50257, (1, 10)), 9, 16, use_cache=True)
+        cached, lengths[:] = list(lengths), []
+        generate(tiny, torch.randint(0, 50257, (1, 10)), 9, 16, use_cache=False)
+    finally:
+        hook.remove()
+    # prompt once, then one position per token while 10 + n <= 16; then the cropped 16-token window
+    assert cached == [10, 1, 1, 1, 1, 1, 1, 16, 16]
+    assert lengths == [10, 11, 12, 13, 14, 15, 16, 16, 16]
+
+
+def test_generate_and_print_sample(tiny, capsys):
+    from helpers.generation import generate_and_print_sample
+    from helpers.tokenizer import get_tokenizer
+
+    tiny.train()
+    text = generate_and_print_sample(tiny, get_tokenizer(), "cpu", "Every effort moves you", max_new_tokens=5)
+    assert text.startswith("Every effort moves you") and "\n" not in text
+    assert capsys.readouterr().out == text + "\n"
+    assert tiny.training
