@@ -418,16 +418,13 @@ def calc_loss_loader(data_loader, model, device, num_batches=None, position: str
                      pad_token_id: int = END_OF_TEXT_ID):
     """Average :func:`calc_loss_batch` over the first ``num_batches`` batches (default: all), without
     gradients. Returns ``nan`` for an empty loader."""
-    if len(data_loader) == 0:
-        return float("nan")
-    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
-    total = 0.0
+    from functools import partial
+
+    from . import losses
+
     with torch.no_grad():
-        for i, (input_batch, target_batch) in enumerate(data_loader):
-            if i >= num_batches:
-                break
-            total += calc_loss_batch(input_batch, target_batch, model, device, position, pad_token_id).item()
-    return total / num_batches
+        return losses.calc_loss_loader(data_loader, model, device, num_batches,
+                                       loss_fn=partial(calc_loss_batch, position=position, pad_token_id=pad_token_id))
 
 
 def calc_accuracy_loader(data_loader, model, device, num_batches=None, position: str = "last",

@@ -19,11 +19,13 @@ def calc_loss_batch(input_batch, target_batch, model, device):
     return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None):
+def calc_loss_loader(data_loader, model, device, num_batches=None, loss_fn=None):
     """Average :func:`calc_loss_batch` over the first ``num_batches`` batches (default: all).
 
     Returns ``nan`` for an empty loader, as the course does, rather than dividing by zero.
+    ``loss_fn`` replaces :func:`calc_loss_batch` (the classification lecture passes its own).
     """
+    loss_fn = loss_fn or calc_loss_batch
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
@@ -31,7 +33,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i >= num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        total += loss_fn(input_batch, target_batch, model, device).item()
     return total / num_batches
 
 
