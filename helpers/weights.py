@@ -17,9 +17,12 @@ lecture 02's model, written in OpenAI's layout and read back through the very sa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,90 +31,199 @@ import numpy as np
 import torch
 
 from . import runtime
-from .download import DownloadError, copy_verified, download, is_valid
-from .model import GPTModel, get_config
+from .download import USER_AGENT, DownloadError, copy_verified, download
+from .model import GPT2_SIZES, GPTModel, get_config
 
-MODEL_SIZES = ("124M", "355M", "774M", "1558M")
-GPT2_FILES = (
-    "checkpoint", "encoder.json", "hparams.json", "model.ckpt.data-00000-of-00001",
-    "model.ckpt.index", "model.ckpt.meta", "vocab.bpe",
-)
+# ------------------------------------------------------------------------------- the registry
+
+MODEL_SIZES = tuple(GPT2_SIZES)  # ("124M", "355M", "774M", "1558M")
+DATA_FILE = "model.ckpt.data-00000-of-00001"
+GPT2_FILES = ("checkpoint", "encoder.json", "hparams.json", DATA_FILE, "model.ckpt.index", "model.ckpt.meta",
+              "vocab.bpe")
 BASE_URLS = (
-    "https://openaipublic.blob.core.windows.net/gpt-2/models",
-    "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2",
+    "https://openaipublic.blob.core.windows.net/gpt-2/models",  # OpenAI's own storage
+    "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2",  # the course's backup copy
 )
-# Sizes known for certain; other files are only checked to be non-empty (OpenAI publishes no hashes).
+# Exact sizes in bytes, where known: (size, file) or, for files every size shares, just the file name.
+# The data file holds nothing but the float32 parameters: 4 bytes x 124,439,808 = 497,759,232.
 KNOWN_SIZES = {
-    ("124M", "model.ckpt.data-00000-of-00001"): 497_759_232,
-    ("355M", "model.ckpt.data-00000-of-00001"): 1_419_292_672,
+    ("124M", DATA_FILE): 497_759_232,
+    ("355M", DATA_FILE): 1_419_292_672,
+    "encoder.json": 1_042_301,  # GPT-2's tokenizer files, the same for every size
+    "vocab.bpe": 456_318,
 }
+# Sizes a file must at least have (OpenAI publishes no hashes): a data file cannot hold fewer than 4 bytes
+# per parameter. Every other file must be non-empty and is also checked by content (_content_problem).
+MIN_SIZES = {
+    ("774M", DATA_FILE): 4 * 774_030_080,
+    ("1558M", DATA_FILE): 4 * 1_557_611_200,
+}
+# TensorFlow's index file is a LevelDB-style table, which always ends with this magic number.
+TF_INDEX_MAGIC = bytes.fromhex("57fb808b247547db")
 HF_REPOS = {
     "124M": "openai-community/gpt2",
     "355M": "openai-community/gpt2-medium",
     "774M": "openai-community/gpt2-large",
     "1558M": "openai-community/gpt2-xl",
 }
-# Approximate download sizes of OpenAI's checkpoint, for the lecture's table.
-DOWNLOAD_GB = {"124M": 0.50, "355M": 1.42, "774M": 3.10, "1558M": 6.23}
+HF_ENDPOINT: str | None = None   # None: huggingface_hub's default (https://huggingface.co, or $HF_ENDPOINT)
+HF_CACHE_DIR: str | None = None  # None: the Hub's own cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE)
+PROBE_TIMEOUT = 3.0  # seconds a server gets to answer before we call the network down
 
 
 def check_size(model_size: str) -> str:
+    """``model_size`` if it is one of the released GPT-2 sizes, else a ValueError listing them."""
     if model_size not in MODEL_SIZES:
         raise ValueError(f"Unknown GPT-2 size {model_size!r}; the released sizes are {', '.join(MODEL_SIZES)}.")
     return model_size
+
+
+def download_bytes(model_size: str) -> int:
+    """Roughly how many bytes OpenAI's seven files of ``model_size`` take (the data file dominates)."""
+    data = KNOWN_SIZES.get((model_size, DATA_FILE)) or MIN_SIZES[(check_size(model_size), DATA_FILE)]
+    return data + KNOWN_SIZES["encoder.json"] + KNOWN_SIZES["vocab.bpe"] + 1_000_000  # + index and meta, about
 
 
 def default_models_dir() -> Path:
     return runtime.cache_dir() / "gpt2"
 
 
-# ------------------------------------------------------------------------------- downloading
+def _lookup(table: dict, model_size: str, name: str) -> int | None:
+    return table.get((model_size, name), table.get(name))
 
 
-def reachable(url: str, timeout: float = 5.0) -> bool:
+def _content_problem(path: Path, name: str) -> str | None:
+    """Why a checkpoint file is not what its name claims (e.g. a saved HTML error page), or None."""
+    if name == "hparams.json":
+        try:
+            settings = json.loads(path.read_text())
+            missing = {"n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"} - set(settings)
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            return "not a JSON object of GPT-2 settings"
+        return f"lacks {sorted(missing)}" if missing else None
+    if name == "checkpoint":
+        text = path.read_text(errors="replace")
+        return None if "model_checkpoint_path" in text else "not a TensorFlow 'checkpoint' file"
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+        f.seek(max(0, path.stat().st_size - len(TF_INDEX_MAGIC)))
+        tail = f.read()
+    if head.startswith(b"<"):  # e.g. Azure's "<?xml ...><Error>" page, saved under the file's name
+        return "an HTML/XML page, not the file"
+    if name == "model.ckpt.index" and tail != TF_INDEX_MAGIC:
+        return "not a TensorFlow index file (wrong ending)"
+    return None
+
+
+def file_problem(path: Path, model_size: str, name: str) -> str | None:
+    """What is wrong with a downloaded GPT-2 file, or None when it passes every check we can make."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    exact, minimum = _lookup(KNOWN_SIZES, model_size, name), _lookup(MIN_SIZES, model_size, name) or 1
+    if exact is not None and size != exact:
+        return f"{size:,} bytes, expected {exact:,}"
+    if size < minimum:
+        return f"{size:,} bytes, expected at least {minimum:,} (an error page or a cut-off download?)"
+    return _content_problem(path, name)
+
+
+# ------------------------------------------------------------------------------- is the network there?
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """True when a HEAD request to ``url`` gets any HTTP answer within ``timeout`` seconds."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        urllib.request.urlopen(request, timeout=timeout).close()
         return True
     except urllib.error.HTTPError:
-        return True  # the server answered (e.g. 403/404): the network works
+        return True  # the server answered (403, 404, 405...): the network works
     except (OSError, ValueError):
         return False
 
 
-def _file_ok(path: Path, expected_size: int | None) -> bool:
-    return path.is_file() and path.stat().st_size > 0 and is_valid(path, None, expected_size)
+def first_reachable(urls, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The first of ``urls`` whose server answers, probing all at once; None after ``timeout`` seconds.
+
+    Each probe runs in a background thread, so even a name lookup that hangs (which socket timeouts do
+    not cover) cannot hold us up for longer than ``timeout``.
+    """
+    urls, answers = list(urls), {}
+
+    def probe(url):
+        answers[url] = reachable(url, timeout)
+
+    threads = [threading.Thread(target=probe, args=(url,), daemon=True) for url in urls]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout + 0.5
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return next((url for url in urls if answers.get(url)), None)
+
+
+# ------------------------------------------------------------------------------- OpenAI's checkpoint
+
+
+def gpt2_urls(model_size: str, name: str) -> list[str]:
+    return [f"{base}/{model_size}/{name}" for base in BASE_URLS]
+
+
+def _fetch_file(model_size: str, name: str, dest: Path, progress: bool) -> None:
+    """One checkpoint file into ``dest``: from the mirror folder, else OpenAI, else the backup."""
+    mirror = runtime.mirror_dir()
+    if mirror is not None and file_problem(mirror / "gpt2" / model_size / name, model_size, name) is None:
+        copy_verified(mirror / "gpt2" / model_size / name, dest)
+        return
+    failures = []
+    for url in gpt2_urls(model_size, name):
+        try:
+            # resumes dest.part if an earlier attempt (even from the other URL: same bytes) left one
+            download(url, dest, size=_lookup(KNOWN_SIZES, model_size, name), progress=progress)
+        except DownloadError as err:
+            failures += [line for line in str(err).splitlines() if line.startswith("  - ")]
+            continue
+        problem = file_problem(dest, model_size, name)
+        if problem is None:
+            return
+        dest.unlink()
+        failures.append(f"  - {url}: {problem}")
+    raise DownloadError(f"Could not download {name} of GPT-2 {model_size}. Tried:\n" + "\n".join(failures)
+                        + f"\nIf you are offline, put the file at {dest} or in $LECTURES_MIRROR/gpt2/{model_size}/.")
+
+
+def missing_gpt2_files(model_size: str, models_dir: str | Path | None = None) -> list[str]:
+    """The checkpoint files of ``model_size`` found neither in ``models_dir`` nor in the mirror folder."""
+    folder, mirror = Path(models_dir or default_models_dir()) / check_size(model_size), runtime.mirror_dir()
+    return [name for name in GPT2_FILES
+            if file_problem(folder / name, model_size, name) is not None
+            and (mirror is None or file_problem(mirror / "gpt2" / model_size / name, model_size, name) is not None)]
 
 
 def download_gpt2_files(model_size: str, models_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Make sure the seven checkpoint files of ``model_size`` are in ``models_dir/model_size``.
+    """Make sure the seven checkpoint files of ``model_size`` are in ``models_dir/model_size``; return it.
 
-    Each file comes from the cache, the ``LECTURES_MIRROR`` folder (``<mirror>/gpt2/<size>/<file>``)
-    or the network (OpenAI first, then the backup; interrupted downloads resume). Returns the folder.
+    Each file comes from the cache, from the ``LECTURES_MIRROR`` folder (``<mirror>/gpt2/<size>/<file>``)
+    or from the network (OpenAI first, then the backup). Downloads go to ``<file>.part`` and resume
+    from there after a dropped connection; a file appears under its own name only once it has passed
+    the size (and, for the small ones, content) checks, so a half-written file is never read.
     """
-    check_size(model_size)
-    folder = Path(models_dir or default_models_dir()) / model_size
+    folder = Path(models_dir or default_models_dir()) / check_size(model_size)
     folder.mkdir(parents=True, exist_ok=True)
-    mirror = runtime.mirror_dir()
     for name in GPT2_FILES:
-        dest, expected = folder / name, KNOWN_SIZES.get((model_size, name))
-        if _file_ok(dest, expected):
-            continue
-        if mirror is not None and _file_ok(mirror / "gpt2" / model_size / name, expected):
-            copy_verified(mirror / "gpt2" / model_size / name, dest, None, expected)
-            continue
-        urls = [f"{base}/{model_size}/{name}" for base in BASE_URLS]
-        download(urls, dest, size=expected, progress=progress)
-        if dest.stat().st_size == 0:
-            dest.unlink()
-            raise DownloadError(f"{name} of GPT-2 {model_size} downloaded empty from {urls}.")
+        dest = folder / name
+        if file_problem(dest, model_size, name) is not None:
+            dest.unlink(missing_ok=True)  # a damaged file (a ``.part`` next to it is kept and resumed)
+            _fetch_file(model_size, name, dest, progress)
     return folder
 
 
 def download_and_load_gpt2(model_size: str, models_dir: str | Path | None = None, progress: bool = True):
     """The course's entry point: download GPT-2 ``model_size`` if needed; return ``(settings, params)``.
 
-    ``settings`` is OpenAI's ``hparams.json`` (n_vocab, n_ctx, n_embd, n_head, n_layer).
+    ``settings`` is OpenAI's ``hparams.json`` (n_vocab, n_ctx, n_embd, n_head, n_layer); ``params``
+    the nested dictionary of NumPy arrays described at the top of this module.
     """
     folder = download_gpt2_files(model_size, models_dir, progress)
     return load_openai_checkpoint(folder)
@@ -128,6 +240,10 @@ def load_openai_checkpoint(folder: str | Path):
     return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
 
 
+def tensorflow_available() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def _import_tensorflow():
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -136,7 +252,8 @@ def _import_tensorflow():
     except ImportError as err:
         raise ImportError(
             "Reading OpenAI's original checkpoint needs TensorFlow (`pip install tensorflow-cpu`). "
-            "Without it, use the safetensors route: load_gpt2_from_hf(model_size)."
+            "Without it, take the safetensors route, which loads the very same weights: "
+            "helpers.weights.load_gpt2_from_hf(model_size)."
         ) from err
     return tf
 
@@ -146,7 +263,8 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
 
     ``model/h3/mlp/c_fc/w`` goes to ``params["blocks"][3]["mlp"]["c_fc"]["w"]``; variables outside the
     blocks (``model/wte``, ``model/wpe``, ``model/ln_f/g``, ``model/ln_f/b``) to ``params["wte"]`` etc.,
-    with ``ln_f``'s gain and bias at ``params["g"]`` and ``params["b"]`` as in the course.
+    with ``ln_f``'s gain and bias at ``params["g"]`` and ``params["b"]`` as in the course. OpenAI
+    stored its weights as 1x1 convolutions, ``[1, in, out]``; the leading 1 is dropped.
     """
     tf = _import_tensorflow()
     params: dict = {"blocks": [{} for _ in range(settings["n_layer"])]}
@@ -170,14 +288,31 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
 # ------------------------------------------------------------------------------- safetensors route
 
 
-def download_gpt2_safetensors(model_size: str) -> Path:
-    """Fetch ``model.safetensors`` and ``config.json`` from the Hub (cached, resumable); return the folder."""
+def _hf_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _hf_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (HF_ENDPOINT or constants.ENDPOINT).rstrip("/")
+
+
+def download_gpt2_safetensors(model_size: str, *, local_only: bool = False) -> Path:
+    """``model.safetensors`` and ``config.json`` of GPT-2 ``model_size`` from the Hub; returns their folder.
+
+    ``huggingface_hub`` caches the files (a second call needs no network), resumes interrupted
+    downloads, and honours ``HF_HUB_OFFLINE=1``. With ``local_only=True`` only the cache is looked at
+    (``huggingface_hub.errors.LocalEntryNotFoundError`` when the files are not there).
+    """
     from huggingface_hub import hf_hub_download
 
     repo = HF_REPOS[check_size(model_size)]
-    path = hf_hub_download(repo, "model.safetensors")
-    hf_hub_download(repo, "config.json")
-    return Path(path).parent
+    kwargs = {"cache_dir": HF_CACHE_DIR, "endpoint": HF_ENDPOINT, "local_files_only": local_only}
+    hf_hub_download(repo, "config.json", **kwargs)
+    return Path(hf_hub_download(repo, "model.safetensors", **kwargs)).parent
 
 
 def load_gpt2_params_from_safetensors(path: str | Path):
@@ -191,23 +326,23 @@ def load_gpt2_params_from_safetensors(path: str | Path):
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     tensors = load_file(folder / "model.safetensors" if path.is_dir() else path)
-    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}
+    tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}  # save_pretrained adds it
     config = json.loads((folder / "config.json").read_text())
     settings = {"n_vocab": config["vocab_size"], "n_ctx": config.get("n_positions", config.get("n_ctx")),
                 "n_embd": config["n_embd"], "n_head": config["n_head"], "n_layer": config["n_layer"]}
+
+    def pair(prefix):  # a Conv1D layer's weight and bias
+        return {"w": tensors[f"{prefix}.weight"], "b": tensors[f"{prefix}.bias"]}
+
     params: dict = {"wte": tensors["wte.weight"], "wpe": tensors["wpe.weight"],
                     "g": tensors["ln_f.weight"], "b": tensors["ln_f.bias"], "blocks": []}
     for i in range(settings["n_layer"]):
-        def t(name, i=i):
-            return tensors[f"h.{i}.{name}"]
-
+        h = f"h.{i}"
         params["blocks"].append({
-            "attn": {"c_attn": {"w": t("attn.c_attn.weight"), "b": t("attn.c_attn.bias")},
-                     "c_proj": {"w": t("attn.c_proj.weight"), "b": t("attn.c_proj.bias")}},
-            "mlp": {"c_fc": {"w": t("mlp.c_fc.weight"), "b": t("mlp.c_fc.bias")},
-                    "c_proj": {"w": t("mlp.c_proj.weight"), "b": t("mlp.c_proj.bias")}},
-            "ln_1": {"g": t("ln_1.weight"), "b": t("ln_1.bias")},
-            "ln_2": {"g": t("ln_2.weight"), "b": t("ln_2.bias")},
+            "attn": {"c_attn": pair(f"{h}.attn.c_attn"), "c_proj": pair(f"{h}.attn.c_proj")},
+            "mlp": {"c_fc": pair(f"{h}.mlp.c_fc"), "c_proj": pair(f"{h}.mlp.c_proj")},
+            "ln_1": {"g": tensors[f"{h}.ln_1.weight"], "b": tensors[f"{h}.ln_1.bias"]},
+            "ln_2": {"g": tensors[f"{h}.ln_2.weight"], "b": tensors[f"{h}.ln_2.bias"]},
         })
     return settings, params
 
@@ -298,17 +433,22 @@ def params_from_model(model: GPTModel) -> tuple[dict, dict]:
     ``params["out_head"]``, which GPT-2 itself does not have.
     """
     cfg = model.cfg
-    np_ = lambda t: t.detach().cpu().float().numpy()  # noqa: E731
     d = cfg["emb_dim"]
+
+    def np_(t):
+        return t.detach().cpu().float().numpy()
+
+    def bias(layer):
+        return np_(layer.bias) if layer.bias is not None else np.zeros(d, np.float32)
+
     params: dict = {"wte": np_(model.tok_emb.weight), "wpe": np_(model.pos_emb.weight),
                     "g": np_(model.final_norm.scale), "b": np_(model.final_norm.shift), "blocks": []}
     for block in model.trf_blocks:
         att, ff = block.att, block.ff
-        bias = lambda layer: np_(layer.bias) if layer.bias is not None else np.zeros(d, np.float32)  # noqa: E731
+        qkv = (att.W_query, att.W_key, att.W_value)
         params["blocks"].append({
-            "attn": {"c_attn": {"w": np.concatenate([np_(att.W_query.weight).T, np_(att.W_key.weight).T,
-                                                     np_(att.W_value.weight).T], axis=-1),
-                                "b": np.concatenate([bias(att.W_query), bias(att.W_key), bias(att.W_value)])},
+            "attn": {"c_attn": {"w": np.concatenate([np_(lin.weight).T for lin in qkv], axis=-1),
+                                "b": np.concatenate([bias(lin) for lin in qkv])},
                      "c_proj": {"w": np_(att.out_proj.weight).T, "b": np_(att.out_proj.bias)}},
             "mlp": {"c_fc": {"w": np_(ff.layers[0].weight).T, "b": np_(ff.layers[0].bias)},
                     "c_proj": {"w": np_(ff.layers[2].weight).T, "b": np_(ff.layers[2].bias)}},
@@ -340,12 +480,14 @@ def _flatten(params: dict) -> dict[str, np.ndarray]:
 
 
 def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) -> Path:
-    """Write ``params`` as a TensorFlow 1 ``Saver`` checkpoint in exactly OpenAI's layout.
+    """Write ``(settings, params)`` as a TensorFlow 1 ``Saver`` checkpoint in exactly OpenAI's layout.
 
-    The folder gets ``checkpoint`` (relative paths), ``model.ckpt.{data-00000-of-00001,index,meta}``,
-    ``hparams.json``, and GPT-2's ``encoder.json`` and ``vocab.bpe`` (from the tokenizer package), like
-    the seven files OpenAI publishes. It is built in a temporary folder and moved into place, so a
-    crash never leaves half a checkpoint.
+    The argument order matches what :func:`download_and_load_gpt2` and :func:`params_from_model`
+    return, so ``write_openai_checkpoint(folder, *params_from_model(model))`` works. The folder gets
+    ``checkpoint`` (with relative paths, so the folder can be moved), ``model.ckpt.{data-00000-of-00001,
+    index,meta}``, ``hparams.json``, and GPT-2's ``encoder.json`` and ``vocab.bpe`` (from the tokenizer
+    package), like the seven files OpenAI publishes. It is built in a temporary folder and moved into
+    place, so a crash never leaves half a checkpoint.
     """
     from .tokenizer import packaged_bpe_dir
 
@@ -354,13 +496,17 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
     tmp = folder.with_name(folder.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    flat = _flatten(params)
     graph = tf.Graph()
     with graph.as_default():
-        variables = [tf.compat.v1.Variable(value.astype(np.float32), name=name)
-                     for name, value in _flatten(params).items()]
-        saver = tf.compat.v1.train.Saver(variables, save_relative_paths=True)
+        # Variables start as zeros and the arrays are fed in when initialising, so that the graph in
+        # model.ckpt.meta stays small (as OpenAI's) instead of holding a second copy of every weight.
+        variables = {name: tf.compat.v1.Variable(tf.zeros(value.shape, tf.float32), name=name)
+                     for name, value in flat.items()}
+        saver = tf.compat.v1.train.Saver(list(variables.values()), save_relative_paths=True)
         with tf.compat.v1.Session(graph=graph) as session:
-            session.run(tf.compat.v1.global_variables_initializer())
+            for name, var in variables.items():
+                session.run(var.initializer, {var.initial_value: flat[name].astype(np.float32)})
             saver.save(session, str(tmp / "model.ckpt"))
     (tmp / "hparams.json").write_text(json.dumps(settings, indent=2))
     bpe = packaged_bpe_dir()
@@ -368,6 +514,7 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
         for name in ("encoder.json", "vocab.bpe"):
             shutil.copyfile(bpe / name, tmp / name)
     old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
@@ -378,57 +525,115 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
 # ------------------------------------------------------------------------------- the lectures' entry point
 
 
-def load_base_params(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
-                     verbose: bool = True):
-    """The weights lectures 03-06 start from, as ``(settings, params, source)``.
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """An error in one line: its type, its first line and, for a list of tries, the last one."""
+    lines = [line.strip() for line in str(err).strip().splitlines()]
+    tries = [line[2:] for line in lines if line.startswith("- ")]
+    text = lines[0] if lines else ""
+    if tries:
+        text += f" ... {tries[-1]}"
+    return f"{type(err).__name__}: {text[:limit]}"
 
-    In the full profile: OpenAI's GPT-2 ``model_size`` (TF checkpoint, else safetensors). When neither
-    can be had (offline), or in the quick profile (which never downloads the 0.5-6 GB files): lecture
-    02's model, written in OpenAI's layout and read back through the very same reader. If lecture 02 has
-    not run either, a freshly initialised model. ``source`` says in words which one you got.
+
+def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
+    """``(settings, params, source)`` of OpenAI's GPT-2 by the first route that works, else None.
+
+    Each route first looks for files already on disk; only then, and only when a short probe shows
+    that the server answers, does it start a download. What went wrong is appended to ``problems``.
     """
-    check_size(model_size)
-    profile = runtime.profile(profile)
-    say = print if verbose else (lambda *a, **k: None)
-    if profile == "full" and allow_download:
-        problems = []
-        folder = Path(default_models_dir()) / model_size
-        local = all(_file_ok(folder / n, KNOWN_SIZES.get((model_size, n))) for n in GPT2_FILES)
-        if local or runtime.mirror_dir() is not None or reachable(f"{BASE_URLS[0]}/{model_size}/hparams.json"):
+    # Route 1: OpenAI's TensorFlow checkpoint (the cache, the mirror folder, OpenAI, the backup).
+    if not tensorflow_available():
+        problems.append("OpenAI's checkpoint: TensorFlow is not installed (pip install tensorflow-cpu)")
+    else:
+        missing = missing_gpt2_files(model_size)
+        if missing and not allow_download:
+            problems.append(f"OpenAI's checkpoint: not in {default_models_dir()} and downloads are turned off")
+        elif missing and first_reachable(gpt2_urls(model_size, "hparams.json")) is None:
+            problems.append("OpenAI's checkpoint: neither OpenAI's server nor the backup answers")
+        else:
             try:
                 settings, params = download_and_load_gpt2(model_size)
-                return settings, params, f"OpenAI's GPT-2 {model_size} (TensorFlow checkpoint in {folder})"
-            except (DownloadError, OSError, ImportError) as err:
-                problems.append(f"OpenAI checkpoint: {str(err).splitlines()[0]}")
+                return settings, params, f"OpenAI's GPT-2 {model_size} (TensorFlow checkpoint in {default_models_dir()})"
+            except Exception as err:  # DownloadError, OSError, TensorFlow's own errors for a damaged file
+                problems.append(f"OpenAI's checkpoint: {_first_line(err)}")
+    # Route 2: safetensors from the Hugging Face Hub (its cache first).
+    source = f"OpenAI's GPT-2 {model_size} (safetensors from the Hugging Face Hub, {HF_REPOS[model_size]})"
+    folder = None
+    try:
+        folder = download_gpt2_safetensors(model_size, local_only=True)
+    except Exception:  # LocalEntryNotFoundError: not in the Hub's cache
+        if not allow_download:
+            problems.append("Hugging Face Hub: not in its cache and downloads are turned off")
+        elif _hf_offline():
+            problems.append("Hugging Face Hub: not in its cache and HF_HUB_OFFLINE is set")
+        elif first_reachable([f"{_hf_endpoint()}/{HF_REPOS[model_size]}/resolve/main/config.json"]) is None:
+            problems.append(f"Hugging Face Hub: {_hf_endpoint()} does not answer")
         else:
-            problems.append("OpenAI checkpoint: the download server cannot be reached")
+            try:
+                folder = download_gpt2_safetensors(model_size)
+            except Exception as err:  # the Hub raises its own error types
+                problems.append(f"Hugging Face Hub: {_first_line(err)}")
+    if folder is not None:
         try:
-            settings, params = load_gpt2_params_from_safetensors(download_gpt2_safetensors(model_size))
-            return settings, params, f"OpenAI's GPT-2 {model_size} (safetensors from the Hugging Face Hub)"
-        except Exception as err:  # the Hub raises its own error types for offline, missing, ...
-            problems.append(f"Hugging Face Hub: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
-        say(f"Could not get GPT-2 {model_size}'s weights:\n  - " + "\n  - ".join(problems))
-    elif profile == "quick":
-        say("Quick profile: using lecture 02's small model instead of downloading GPT-2 "
-            "(the full profile downloads the real weights).")
+            return (*load_gpt2_params_from_safetensors(folder), source)
+        except Exception as err:
+            problems.append(f"Hugging Face Hub files in {folder}: {_first_line(err)}")
+    return None
+
+
+def _stand_in(model_size: str, profile: str, say):
+    """Lecture 02's model in OpenAI's layout, else an untrained model: ``(settings, params, source)``."""
     from .checkpoints import load_checkpoint, pretrained_checkpoint_path
 
     ckpt = pretrained_checkpoint_path(profile)
     if ckpt.is_file():
         trained, _, _ = load_checkpoint(ckpt)
+        if not tensorflow_available():
+            say("Using lecture 02's model instead (TensorFlow is not installed, so its weights are taken "
+                "straight from the model rather than through OpenAI's checkpoint format).")
+            return (*params_from_model(trained), f"lecture 02's model ({profile} profile)")
         folder = runtime.cache_dir() / "gpt2-local" / f"lecture02-{profile}"
-        if not (folder / "checkpoint").is_file() or (folder / "hparams.json").stat().st_mtime < ckpt.stat().st_mtime:
+        hparams = folder / "hparams.json"
+        if not (folder / "checkpoint").is_file() or not hparams.is_file() or hparams.stat().st_mtime < ckpt.stat().st_mtime:
             write_openai_checkpoint(folder, *params_from_model(trained))
         settings, params = load_openai_checkpoint(folder)
-        say(f"Using lecture 02's model instead, written in OpenAI's checkpoint layout to {folder} and read back.")
+        say(f"Using lecture 02's model instead: written in OpenAI's checkpoint layout to {folder} and read "
+            "back with the same code that reads GPT-2.")
         return settings, params, f"lecture 02's model ({profile} profile) in OpenAI's checkpoint layout"
-    cfg = get_config(model_size) if profile == "full" else get_config(
-        "gpt2-small", context_length=128, emb_dim=128, n_heads=4, n_layers=2)
+    if profile == "full":
+        cfg = get_config(model_size)
+    else:  # the size lecture 02 trains in the quick profile
+        cfg = get_config("gpt2-small", context_length=128, emb_dim=128, n_heads=4, n_layers=2)
     runtime.set_seed(123)
-    say("WARNING: no GPT-2 weights and no lecture 02 checkpoint found: using an UNTRAINED model. "
-        "Its text will be gibberish. Run lecture 02 first, or go online for the real GPT-2.")
-    settings, params = params_from_model(GPTModel(cfg))
-    return settings, params, "an untrained model (random weights)"
+    say(f"WARNING: no GPT-2 weights and no lecture 02 checkpoint ({ckpt}) found: using an UNTRAINED "
+        "model. Everything below runs, but its text is gibberish. Run lecture 02 first, or go online.")
+    return (*params_from_model(GPTModel(cfg)), "an untrained model (random weights)")
+
+
+def load_base_params(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
+                     verbose: bool = True):
+    """The weights lectures 03-06 start from, as ``(settings, params, source)``.
+
+    In the full profile: OpenAI's GPT-2 ``model_size``, from OpenAI's TensorFlow checkpoint or else the
+    Hub's safetensors (files already on disk first; with ``allow_download=False`` nothing else). When
+    neither can be had (offline), or in the quick profile (which never downloads the 0.5-6 GB files):
+    lecture 02's model, written in OpenAI's layout and read back through the very same reader. If
+    lecture 02 has not run either, a freshly initialised model. ``source`` says in words which one
+    you got, and a short message says why.
+    """
+    check_size(model_size)
+    profile = runtime.profile(profile)
+    say = print if verbose else (lambda *a, **k: None)
+    if profile == "quick":
+        say(f"Quick profile: GPT-2 {model_size} is not downloaded ({download_bytes(model_size) / 1e9:.1f} GB); "
+            "lecture 02's small model stands in. The full profile loads the real weights.")
+    else:
+        problems: list[str] = []
+        found = _real_gpt2(model_size, allow_download, problems)
+        if found is not None:
+            return found
+        say(f"Could not get GPT-2 {model_size}'s weights (offline?):\n  - " + "\n  - ".join(problems))
+    return _stand_in(model_size, profile, say)
 
 
 def load_base_model(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,
@@ -441,7 +646,11 @@ def load_base_model(model_size: str = "124M", *, allow_download: bool = True, pr
 
 
 def prefetch_gpt2(model_size: str) -> Path:
-    """Download GPT-2 ``model_size`` for ``python -m helpers prefetch``."""
-    folder = download_gpt2_files(model_size)
+    """Download GPT-2 ``model_size`` for ``python -m helpers prefetch``: OpenAI's checkpoint, or the
+    safetensors when TensorFlow is not installed (the lectures would read those then)."""
+    if tensorflow_available():
+        folder = download_gpt2_files(model_size)
+    else:
+        folder = download_gpt2_safetensors(model_size)
     print(f"  GPT-2 {model_size:5s}      {folder}")
     return folder
