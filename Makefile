@@ -1,13 +1,14 @@
 # make lectures   set up .venv if needed, then run every notebook headlessly (quick profile) into build/
 # make test       set up .venv if needed, then lint (ruff) and run the tests (pytest)
 # make lab        open the series in JupyterLab
+# make bench      measure training and generation speed, teaching path against fast path
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
 
-.PHONY: setup lectures test lab prefetch clean
+.PHONY: setup lectures test lab prefetch bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ lab: $(STAMP)
 
 prefetch: $(STAMP)
 	$(BIN)/python -m helpers prefetch
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
