@@ -20,19 +20,26 @@ def _lectures(args) -> int:
 
 
 def _prefetch(args) -> int:
-    from . import data, runtime
+    from . import data, runtime, weights
+    from .download import DownloadError
 
     print(f"Cache: {runtime.cache_dir()}")
+    failed = 0
     for name in args.data or data.LECTURE_DATA:
-        path = data.fetch(name)
-        print(f"  {name:18s} {path}")
-    try:
-        from . import weights
-    except ImportError:
-        return 0
+        try:
+            print(f"  {name:18s} {data.fetch(name)}")
+        except DownloadError as err:
+            failed += 1
+            print(f"  {name:18s} FAILED: {str(err).splitlines()[0]}")
     for size in args.gpt2:
-        weights.prefetch_gpt2(size)
-    return 0
+        try:
+            weights.prefetch_gpt2(size)
+        except (DownloadError, OSError) as err:
+            failed += 1
+            print(f"  GPT-2 {size:5s}      FAILED: {str(err).splitlines()[0]}")
+    if failed:
+        print(f"{failed} download(s) failed; rerun when online (finished files are kept, partial ones resume).")
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

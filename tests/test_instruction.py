@@ -221,7 +221,7 @@ class ScriptedModel(torch.nn.Module):
 
 
 def test_generate_response_stops_at_end_of_text_and_extracts():
-    pytest.importorskip("helpers.generation")
+    import helpers.generation  # noqa: F401  (must exist: the test exercises it)
     tok = get_tokenizer()
     prompt_ids = tok.encode(PROMPT)
     script = tok.encode("\n\n### Response:\nThe meal is cooked by the chef every day.")
