@@ -82,7 +82,12 @@ def test_peak_memory_sees_a_large_allocation():
 
     with PeakMemory("cpu", interval=0.005) as small:
         torch.zeros(10)
+    import mmap
+
+    # Fresh pages straight from the kernel: the C allocator could otherwise hand back memory that an
+    # earlier test freed and that is still resident, which RSS cannot see as new.
     with PeakMemory("cpu", interval=0.005) as big:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched so the pages are resident
-    del block  # still alive when the block ends, so the measurement cannot miss it on a busy machine
+        block = mmap.mmap(-1, 64 * 2**20)
+        block.write(b"x" * (64 * 2**20))  # touch every page so it becomes resident
+    block.close()  # still mapped when the block ends, so a busy machine cannot make the sampler miss it
     assert big.mb > 50 and big.mb > small.mb
