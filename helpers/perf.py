@@ -101,7 +101,8 @@ class PeakMemory:
     On CUDA it reads PyTorch's allocator statistics (tensors only). Elsewhere it samples the process's
     resident memory (RSS) every ``interval`` seconds in a background thread and reports the peak above
     the level at the start, so it includes everything the process allocated (tensors, gradients,
-    optimizer state) but may miss a spike shorter than the interval.
+    optimizer state) but may miss a spike shorter than the interval, and it cannot see memory that the
+    C allocator hands out again from what the process freed earlier without returning it to the system.
     """
 
     def __init__(self, device: str | torch.device = "cpu", interval: float = 0.02):
