@@ -92,24 +92,30 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     )
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """The checkpoint dict, checked to be one of ours."""
+def read_torch_file(path: str | Path, fmt: str, what: str, writer: str, map_location="cpu") -> dict:
+    """Load a dict saved by one of our writers, with ``weights_only=True``, and check its ``format``.
+
+    ``what`` names the kind of file in messages ("a checkpoint", "LoRA weights"), ``writer`` the
+    function that writes it. A missing, unreadable or foreign file gets an error that says which.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+        raise FileNotFoundError(f"No {what} at {path}.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         raise ValueError(
-            f"{path} could not be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"{path} could not be read as {what} ({type(err).__name__}: {str(err).splitlines()[0]}). "
             f"Is it truncated, or a file of another kind?"
         ) from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a checkpoint written by helpers.checkpoints.save_checkpoint "
-            f"(expected a dict with format {FORMAT!r})."
-        )
-    return ckpt
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"{path} is not {what} (not a file written by {writer}: expected a dict with format {fmt!r}).")
+    return data
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint dict, checked to be one of ours."""
+    return read_torch_file(path, FORMAT, "a checkpoint", "helpers.checkpoints.save_checkpoint", map_location)
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,

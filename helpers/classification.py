@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .checkpoints import atomic_torch_save
+from .checkpoints import atomic_torch_save, read_torch_file
 from .generation import eval_mode
 from .model import GPTModel
 from .tokenizer import END_OF_TEXT_ID
@@ -512,16 +512,8 @@ def load_classifier(path: str | Path, map_location="cpu") -> LoadedClassifier:
 
     Returns ``(model, class_names, max_length, pad_token_id, position, meta)`` as a named tuple.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No saved classifier at {path}.")
-    try:
-        saved = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} could not be read ({err}). Is it truncated or another format?") from err
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a classifier written by helpers.classification.save_classifier "
-                         f"(expected format {FORMAT!r}).")
+    saved = read_torch_file(path, FORMAT, "a saved classifier", "helpers.classification.save_classifier",
+                            map_location)
     model = add_classification_head(GPTModel(saved["cfg"]), saved["num_classes"], trainable="all")
     model.load_state_dict(saved["model_state"])
     trainable = set(saved["trainable"])

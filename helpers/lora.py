@@ -351,15 +351,9 @@ def load_lora(path: str | Path, model: nn.Module) -> nn.Module:
     Checks that the file and the model hold the same LoRA layers, with the same rank, alpha and
     shapes, before changing anything. Returns ``model``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No LoRA weights at {path}.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} could not be read as LoRA weights ({err}). Is it truncated or another format?") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a file written by helpers.lora.save_lora (expected format {FORMAT!r}).")
+    from .checkpoints import read_torch_file
+
+    payload = read_torch_file(path, FORMAT, "LoRA weights", "helpers.lora.save_lora")
 
     expected = lora_state_dict(model)
     saved = payload["state"]
