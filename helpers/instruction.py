@@ -286,15 +286,11 @@ def generate_response(
     input_text = format_input(entry)
     prompt_ids = tokenizer.encode(input_text)
     idx = torch.tensor(prompt_ids, device=device).unsqueeze(0)
-    was_training = model.training
-    model.eval()
-    try:
-        out = generate(
-            model, idx, max_new_tokens=max_new_tokens, context_size=context_size,
-            temperature=0.0, top_k=None, eos_id=END_OF_TEXT_ID,
-        )
-    finally:
-        model.train(was_training)
+    # generate() switches to eval mode and gives the model back in the mode it came in.
+    out = generate(
+        model, idx, max_new_tokens=max_new_tokens, context_size=context_size,
+        temperature=0.0, top_k=None, eos_id=END_OF_TEXT_ID,
+    )
     new_ids = out[0, len(prompt_ids) :].tolist()
     new_ids = [t for t in new_ids if t != END_OF_TEXT_ID]  # in case the loop keeps the stop token
     return extract_response(input_text + tokenizer.decode(new_ids), input_text)

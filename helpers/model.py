@@ -298,11 +298,6 @@ def set_impl(model: nn.Module, impl: str) -> nn.Module:
     return model
 
 
-def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Older spelling of :func:`set_impl`: ``"explicit"`` means teaching, ``"sdpa"`` fast."""
-    return set_impl(model, {"explicit": "teaching", "sdpa": "fast"}.get(impl, impl))
-
-
 def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
     """Approximate training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B)."""
     t = seq_len or cfg["context_length"]
@@ -314,5 +309,5 @@ def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
 __all__ = [
     "GPT_CONFIG_124M", "GPT2_SIZES", "TINY_CONFIG", "get_config", "KVCache", "MultiHeadAttention",
     "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel", "count_parameters",
-    "parameter_report", "set_impl", "set_attention_impl", "flops_per_token",
+    "parameter_report", "set_impl", "flops_per_token",
 ]
