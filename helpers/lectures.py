@@ -36,9 +36,12 @@ def list_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
 
 
 def execute_notebook(
-    path: str | Path, out_dir: str | Path = BUILD_DIR, profile: str = "quick", timeout: int = 1800
+    path: str | Path, out_dir: str | Path = BUILD_DIR, profile: str = "quick", timeout: int | None = None
 ) -> LectureResult:
     """Execute one notebook with ``LECTURES_PROFILE=profile``; save it and its figures under ``out_dir``.
+
+    ``timeout`` limits each cell, in seconds; the default (None) sets no limit, because one training
+    cell of the full profile runs for well over an hour on a laptop CPU.
 
     Raises ``nbclient.exceptions.CellExecutionError`` (with the failing cell and traceback) on error;
     the partly executed notebook is still written, so the error can be read in context.
