@@ -3,6 +3,7 @@
     python -m benchmarks                 # everything, on the default device; prints a table, writes JSON
     python -m benchmarks --quick         # small sizes: a smoke test in seconds
     python -m benchmarks --device cuda --gpt2-1024   # adds 124M at context 1024 with MFU, on a GPU
+    python -m benchmarks --compile --pad-vocab 64    # adds fast-path variants, compared with the fast path
 
 Each measurement runs in a fresh Python process so that its peak memory is its own. Times are medians
 over ``--steps`` steps after ``--warmup`` steps.
@@ -56,6 +57,8 @@ def _time_steps(fn, steps, warmup, device):
 
 
 def _build(spec):
+    from dataclasses import replace
+
     import torch
 
     from helpers import model as M
@@ -64,9 +67,9 @@ def _build(spec):
     device = torch.device(spec["device"])
     options = FastPath.teaching() if spec["path"] == "teaching" else FastPath.for_device(device)
     if spec.get("compile"):
-        from dataclasses import replace
-
         options = replace(options, compile=True)
+    if spec.get("pad_vocab"):
+        options = replace(options, pad_vocab_multiple=spec["pad_vocab"])
     torch.manual_seed(123)
     cfg = M.get_config(spec["config"], **spec.get("overrides", {}))
     model = M.GPTModel(cfg).to(device)
@@ -159,9 +162,18 @@ def plan(args) -> list[dict]:
             specs.append({**base, "config": "gpt2-small", "batch": args.gpu_batch, "kind": "train",
                           "label": f"train GPT-2 124M, ctx 1024, batch {args.gpu_batch}", "path": path,
                           "compile": args.compile and path == "fast"})
+    # Variants of the fast path, each compared with the plain fast path of the same measurement.
+    train_label, eval_label = specs[0]["label"], specs[2]["label"]
+    variants = []
     if args.compile and not args.gpt2_1024:
-        specs.append({**base, **course, "kind": "train", "label": "train, course config, torch.compile",
-                      "path": "fast", "compile": True})
+        variants += [("torch.compile", {"compile": True}, "train", train_label),
+                     ("torch.compile", {"compile": True}, "eval", eval_label)]
+    if args.pad_vocab:
+        variants.append((f"vocabulary padded to a multiple of {args.pad_vocab}", {"pad_vocab": args.pad_vocab},
+                         "train", train_label))
+    for name, extra, kind, of in variants:
+        specs.append({**base, **course, **extra, "kind": kind, "path": "fast", "variant_of": of,
+                      "label": f"{of.split(' (')[0]}: fast path + {name}"})
     return specs
 
 
@@ -185,7 +197,15 @@ def table(results: list[dict]) -> str:
         "| measurement | teaching tokens/s | fast tokens/s | speed-up | peak MB teaching / fast |",
         "|---|---:|---:|---:|---:|",
     ]
+    fast_of = {label: by_path["fast"] for label, by_path in rows.items() if "fast" in by_path}
     for label, by_path in rows.items():
+        variant = next(iter(by_path.values()))
+        if variant.get("variant_of") in fast_of:  # a fast-path variant: compare with the plain fast path
+            base = fast_of[variant["variant_of"]]
+            lines.append(f"| {label} | | {variant['tokens_per_s']:,.1f} | "
+                         f"{variant['tokens_per_s'] / base['tokens_per_s']:.2f}x vs fast | "
+                         f"- / {variant['peak_memory_mb']:,.0f} |")
+            continue
         t = by_path.get("teaching")
         f = by_path.get("fast") or by_path.get("fast (compiled)")
         speed = f"{f['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t and f else ""
@@ -215,6 +235,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpt2-1024", action="store_true", help="also train GPT-2 124M at context 1024 (GPU)")
     parser.add_argument("--gpu-batch", type=int, default=16, help="batch size for --gpt2-1024")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile on the fast path")
+    parser.add_argument("--pad-vocab", type=int, default=0, metavar="N",
+                        help="also measure the fast path with the vocabulary padded to a multiple of N (e.g. 64)")
     parser.add_argument("--out", default="build/benchmarks.json", help="where to write the JSON results")
     parser.add_argument("--single", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

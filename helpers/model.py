@@ -14,6 +14,11 @@ chosen by the optional config key ``impl``:
 
 ``set_impl(model, "teaching")`` switches a built model. A :class:`KVCache` passed to ``forward``
 lets generation feed one new token at a time.
+
+A second optional key, ``pad_vocab_multiple`` (say 64), gives the token embedding and the output
+layer a few extra rows so that their size is a multiple of that number (50,257 -> 50,304), which GPU
+matrix kernels handle faster. The extra rows start at zero, are never looked up, and their logits
+are cut off in ``forward``, so the model computes exactly the same thing (see :func:`pad_vocab`).
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def get_config(name: str, **overrides) -> dict:
     else:
         known = ["pretrain-124M", *GPT2_NAMES, *GPT2_SIZES, "tiny"]
         raise KeyError(f"Unknown config {name!r}. Known: {', '.join(known)}.")
-    unknown = set(overrides) - set(cfg) - {"impl"}
+    unknown = set(overrides) - set(cfg) - OPTIONAL_KEYS
     if unknown:
         raise KeyError(f"Unknown config keys {sorted(unknown)}; valid keys are {sorted(cfg)}.")
     cfg.update(overrides)
@@ -77,6 +82,7 @@ def get_config(name: str, **overrides) -> dict:
 
 
 IMPLS = ("fast", "teaching")
+OPTIONAL_KEYS = {"impl", "pad_vocab_multiple"}
 
 
 def _check_impl(impl: str) -> str:
@@ -249,6 +255,9 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg["n_layers"])])
         self.final_norm = LayerNorm(cfg["emb_dim"], impl=cfg.get("impl", "fast"))
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        # Padding is added after the unpadded layers are initialised, so a padded model built from
+        # the same seed has the same weights as an unpadded one, plus zero rows.
+        pad_vocab(self, cfg.get("pad_vocab_multiple", 1))
 
     def forward(self, in_idx, kv_cache: KVCache | None = None):
         """Logits of shape (batch, tokens, vocab_size) for token ids of shape (batch, tokens).
@@ -266,10 +275,57 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
         for layer, block in enumerate(self.trf_blocks):
             x = block(x, kv_cache, layer)
-        return self.out_head(self.final_norm(x))
+        logits = self.out_head(self.final_norm(x))
+        if logits.shape[-1] > self.cfg["vocab_size"]:   # padded vocabulary: drop the padding's scores
+            logits = logits[..., : self.cfg["vocab_size"]]
+        return logits
 
     def new_kv_cache(self) -> KVCache:
         return KVCache(len(self.trf_blocks))
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (50,257 -> 50,304 for 64)."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"pad_vocab_multiple must be a positive integer (e.g. 64, or 1 for no padding), "
+                         f"got {multiple!r}.")
+    return -(-vocab_size // multiple) * multiple
+
+
+def _resize_rows(weight: nn.Parameter, rows: int) -> nn.Parameter:
+    """The first ``rows`` rows of ``weight``, with zero rows appended where it has fewer."""
+    with torch.no_grad():
+        kept = weight[:rows]
+        extra = weight.new_zeros(rows - kept.shape[0], *weight.shape[1:])
+        return nn.Parameter(torch.cat([kept, extra]), requires_grad=weight.requires_grad)
+
+
+def pad_vocab(model: GPTModel, multiple: int = 64) -> GPTModel:
+    """Pad (or, with ``multiple=1``, unpad) the vocabulary of ``tok_emb`` and ``out_head`` in place.
+
+    The token embedding and the output layer get zero rows up to the next multiple of ``multiple``
+    (GPT-2: 50,257 -> 50,304 for 64). Nothing changes in what the model computes: no token id
+    reaches the extra embedding rows, ``forward`` cuts the extra logits off, so the extra output
+    rows get zero gradients and stay zero under AdamW (its weight decay of zero is zero). Only the
+    matrix shapes change, which makes the output layer's matrix multiply faster on GPUs.
+
+    A replaced output layer (a classification head) is left alone. Build the optimizer after calling
+    this: the two weights are new ``nn.Parameter`` objects.
+    """
+    vocab = model.cfg["vocab_size"]
+    rows = padded_vocab_size(vocab, multiple)
+    if rows != model.tok_emb.num_embeddings:
+        model.tok_emb.weight = _resize_rows(model.tok_emb.weight, rows)
+        model.tok_emb.num_embeddings = rows
+    head = model.out_head
+    if isinstance(head, nn.Linear) and head.out_features >= vocab and rows != head.out_features:
+        head.weight = _resize_rows(head.weight, rows)
+        head.out_features = rows
+    if multiple == 1:
+        model.cfg.pop("pad_vocab_multiple", None)
+    else:
+        model.cfg["pad_vocab_multiple"] = multiple
+    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -277,9 +333,15 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def parameter_report(model: GPTModel) -> dict:
-    """Total parameters, and the count GPT-2 reports, which shares ``out_head`` with ``tok_emb``."""
-    total = count_parameters(model)
-    tied = total - model.out_head.weight.numel()
+    """Total parameters, and the count GPT-2 reports, which shares ``out_head`` with ``tok_emb``.
+
+    With a padded vocabulary (:func:`pad_vocab`) the zero padding rows are left out of both counts.
+    """
+    padding_rows = model.tok_emb.num_embeddings - model.cfg["vocab_size"]
+    head_padding = max(model.out_head.weight.shape[0] - model.cfg["vocab_size"], 0)
+    padding = (padding_rows + head_padding) * model.cfg["emb_dim"]
+    total = count_parameters(model) - padding
+    tied = total - model.out_head.weight[: model.cfg["vocab_size"]].numel()
     return {
         "total": total,
         "with_weight_tying": tied,
@@ -302,12 +364,12 @@ def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
     """Approximate training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B)."""
     t = seq_len or cfg["context_length"]
     d, n_layers, v = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
-    n_params = n_layers * 12 * d * d + v * d  # blocks + output head (embeddings do no matmuls)
+    n_params = n_layers * 12 * d * d + v * d  # blocks + output head (embeddings do no matmuls; padding is not work)
     return 6 * n_params + 12 * n_layers * d * t
 
 
 __all__ = [
     "GPT_CONFIG_124M", "GPT2_SIZES", "TINY_CONFIG", "get_config", "KVCache", "MultiHeadAttention",
     "LayerNorm", "GELU", "FeedForward", "TransformerBlock", "GPTModel", "count_parameters",
-    "parameter_report", "set_impl", "flops_per_token",
+    "parameter_report", "set_impl", "flops_per_token", "pad_vocab", "padded_vocab_size",
 ]

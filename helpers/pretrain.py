@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--teaching", action="store_true", help="use the teaching path instead of the fast path")
+    p.add_argument("--pad-vocab", type=int, default=None, metavar="N",
+                   help="pad the vocabulary to a multiple of N (1: none; default: 64 on CUDA, none elsewhere)")
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: helpers.runtime.get_device)")
     p.add_argument("--out", default=None, help="folder for checkpoint.pt and summary.json")
     return p.parse_args(argv)
@@ -104,6 +106,8 @@ def train(args) -> dict:
     options = FastPath.teaching() if args.teaching else FastPath.for_device(device)
     if device.type != "cuda":
         options = replace(options, pin_memory=False)
+    if args.pad_vocab is not None:
+        options = replace(options, pad_vocab_multiple=args.pad_vocab)
 
     text = corpus_text(args.corpus)
     train_text, val_text = data.train_val_split(text, 0.9)

@@ -370,6 +370,19 @@ def assign(param: torch.nn.Parameter | None, array, name: str) -> None:
         param.copy_(value)
 
 
+def assign_vocab(param: torch.nn.Parameter, array: np.ndarray, name: str, vocab_size: int) -> None:
+    """:func:`assign` for a (vocabulary x emb_dim) weight of a model whose vocabulary may be padded
+    (``helpers.model.pad_vocab``): the checkpoint fills the first ``vocab_size`` rows, the padding
+    rows are zeroed. Any other difference in shape is an error, as in :func:`assign`."""
+    rows = np.shape(array)[0]
+    if rows == vocab_size and param.shape[0] > rows and tuple(param.shape[1:]) == tuple(np.shape(array)[1:]):
+        assign(param[:rows], array, name)
+        with torch.no_grad():
+            param[rows:].zero_()
+    else:
+        assign(param, array, name)
+
+
 def load_weights_into_gpt(gpt: GPTModel, params: dict) -> GPTModel:
     """Copy GPT-2 ``params`` into ``gpt`` (in place) and return it.
 
@@ -381,7 +394,7 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict) -> GPTModel:
     if len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"The checkpoint has {len(params['blocks'])} blocks, the model {len(gpt.trf_blocks)}.")
     assign(gpt.pos_emb.weight, params["wpe"], "pos_emb.weight (wpe)")
-    assign(gpt.tok_emb.weight, params["wte"], "tok_emb.weight (wte)")
+    assign_vocab(gpt.tok_emb.weight, params["wte"], "tok_emb.weight (wte)", gpt.cfg["vocab_size"])
     for i, (block, p) in enumerate(zip(gpt.trf_blocks, params["blocks"], strict=True)):
         att, ff = block.att, block.ff
         q_w, k_w, v_w = np.split(p["attn"]["c_attn"]["w"], 3, axis=-1)
@@ -406,7 +419,7 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict) -> GPTModel:
     assign(gpt.final_norm.scale, params["g"], "final_norm.scale")
     assign(gpt.final_norm.shift, params["b"], "final_norm.shift")
     out_head = params["out_head"]["w"] if "out_head" in params else params["wte"]
-    assign(gpt.out_head.weight, out_head, "out_head.weight")
+    assign_vocab(gpt.out_head.weight, out_head, "out_head.weight", gpt.cfg["vocab_size"])
     return gpt
 
 
@@ -441,7 +454,8 @@ def params_from_model(model: GPTModel) -> tuple[dict, dict]:
     def bias(layer):
         return np_(layer.bias) if layer.bias is not None else np.zeros(d, np.float32)
 
-    params: dict = {"wte": np_(model.tok_emb.weight), "wpe": np_(model.pos_emb.weight),
+    vocab = cfg["vocab_size"]  # without the padding rows of a padded vocabulary
+    params: dict = {"wte": np_(model.tok_emb.weight[:vocab]), "wpe": np_(model.pos_emb.weight),
                     "g": np_(model.final_norm.scale), "b": np_(model.final_norm.shift), "blocks": []}
     for block in model.trf_blocks:
         att, ff = block.att, block.ff
@@ -456,7 +470,7 @@ def params_from_model(model: GPTModel) -> tuple[dict, dict]:
             "ln_2": {"g": np_(block.norm2.scale), "b": np_(block.norm2.shift)},
         })
     if not torch.equal(model.out_head.weight, model.tok_emb.weight):
-        params["out_head"] = {"w": np_(model.out_head.weight)}
+        params["out_head"] = {"w": np_(model.out_head.weight[:vocab])}
     settings = {"n_vocab": cfg["vocab_size"], "n_ctx": cfg["context_length"], "n_embd": d,
                 "n_head": cfg["n_heads"], "n_layer": cfg["n_layers"]}
     return settings, params

@@ -68,13 +68,17 @@ def test_benchmark_runs_quick(tmp_path):
     """``python -m benchmarks --quick`` runs end to end and writes its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--steps", "2", "--warmup", "1",
-                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--device", "cpu", "--pad-vocab", "64", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     kinds = {(r["kind"], r["path"]) for r in results}
     assert {("train", "teaching"), ("train", "fast"), ("generate", "fast"), ("eval", "teaching")} <= kinds
     assert all(r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in results)
     assert "speed-up" in proc.stdout
+    padded = [r for r in results if r.get("pad_vocab")]
+    assert len(padded) == 1 and padded[0]["options"]["pad_vocab_multiple"] == 64
+    assert "x vs fast" in proc.stdout
 
 
 def test_peak_memory_sees_a_large_allocation():

@@ -29,6 +29,20 @@ def test_grad_accum_counts_micro_batches():
     assert summary["steps"] == 5 and summary["tokens_seen"] == 5 * 3 * 2 * 32
 
 
+def test_padded_vocabulary_trains_the_same(tmp_path):
+    """``--pad-vocab 64`` changes matrix shapes only: same seed, same losses, and the saved model is padded."""
+    common = ["--config", "tiny", "--epochs", "1", "--batch-size", "2", "--max-steps", "4", "--eval-freq", "2",
+              "--eval-iter", "2", "--device", "cpu", "--lr", "3e-3"]
+    plain = pretrain.train(pretrain.parse_args(common))
+    padded = pretrain.train(pretrain.parse_args([*common, "--pad-vocab", "64", "--out", str(tmp_path)]))
+    for key in ("train_loss", "val_loss"):
+        assert padded["history"][key] == pytest.approx(plain["history"][key], rel=1e-5)
+    from helpers.checkpoints import load_checkpoint
+
+    model, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert model.cfg["pad_vocab_multiple"] == 64 and model.tok_emb.weight.shape[0] == 50304
+
+
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(ValueError, match="No optimizer step"):
         pretrain.train(pretrain.parse_args(["--config", "tiny", "--batch-size", "100", "--grad-accum", "2",
