@@ -104,14 +104,38 @@ def autocast(device: str | torch.device, options: FastPath):
     return torch.autocast(device.type, dtype=getattr(torch, options.autocast_dtype))
 
 
+def release_freed_memory() -> bool:
+    """Collect garbage and return freed heap memory to the operating system (glibc's ``malloc_trim``).
+
+    Returns True when ``malloc_trim`` ran (Linux with glibc), False elsewhere, where it does nothing.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        trim = libc.malloc_trim if libc is not None else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 class PeakMemory:
     """Measure the peak memory of a block of code: ``with PeakMemory(device) as peak: ...; peak.mb``.
 
     On CUDA it reads PyTorch's allocator statistics (tensors only). Elsewhere it samples the process's
     resident memory (RSS) every ``interval`` seconds in a background thread and reports the peak above
     the level at the start, so it includes everything the process allocated (tensors, gradients,
-    optimizer state) but may miss a spike shorter than the interval, and it cannot see memory that the
-    C allocator hands out again from what the process freed earlier without returning it to the system.
+    optimizer state) but may miss a spike shorter than the interval. Memory that the process freed
+    earlier but the C allocator kept would be handed out again without raising RSS, so on Linux the
+    block starts by asking glibc to give such memory back (``malloc_trim``); without that, a second
+    measurement in the same process (lecture 06 measures three strategies in a row) can read near zero.
     """
 
     def __init__(self, device: str | torch.device = "cpu", interval: float = 0.02):
@@ -129,6 +153,7 @@ class PeakMemory:
 
         import psutil
 
+        release_freed_memory()
         process = psutil.Process()
         self._start = process.memory_info().rss
         self._peak = self._start

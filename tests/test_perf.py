@@ -95,3 +95,19 @@ def test_peak_memory_sees_a_large_allocation():
         block.write(b"x" * (64 * 2**20))  # touch every page so it becomes resident
     block.close()  # still mapped when the block ends, so a busy machine cannot make the sampler miss it
     assert big.mb > 50 and big.mb > small.mb
+
+
+def test_peak_memory_returns_freed_memory_first(monkeypatch):
+    """On Linux the CPU measurement starts by handing freed heap memory back (malloc_trim), so that
+    memory an earlier block freed is not reused unseen."""
+    import sys
+
+    import helpers.perf as perf
+
+    if sys.platform.startswith("linux"):
+        assert perf.release_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(perf, "release_freed_memory", lambda: calls.append(1) or True)
+    with perf.PeakMemory("cpu"):
+        pass
+    assert calls == [1]
