@@ -114,13 +114,9 @@ def release_freed_memory() -> bool:
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return False
-    if trim is None:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):  # no glibc: macOS, musl, Windows
         return False
     trim(0)
     return True
