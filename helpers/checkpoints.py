@@ -15,30 +15,22 @@ A *run* is a folder under ``LECTURES_CACHE/runs/<name>/`` with ``history.json`` 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from . import runtime
+from .files import atomic_save, atomic_write_json, describe_read_error
+from .history import History
 from .model import GPTModel
 
 FORMAT = "llm-lectures-checkpoint/1"
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to ``path.part``, then rename: the file at ``path`` is always complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` through :func:`helpers.files.atomic_save`: the file at ``path`` is always complete."""
+    return atomic_save(path, lambda handle: torch.save(obj, handle))
 
 
 def _plain(value, where: str = "meta"):
@@ -100,14 +92,11 @@ def read_torch_file(path: str | Path, fmt: str, what: str, writer: str, map_loca
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No {what} at {path}.")
+        raise FileNotFoundError(describe_read_error(path, FileNotFoundError(), what))
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(
-            f"{path} could not be read as {what} ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            f"Is it truncated, or a file of another kind?"
-        ) from err
+        raise ValueError(describe_read_error(path, err, what)) from err
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise ValueError(f"{path} is not {what} (not a file written by {writer}: expected a dict with format {fmt!r}).")
     return data
@@ -180,9 +169,7 @@ def save_run(name: str, history, model: torch.nn.Module | None = None,
         save_checkpoint(folder / "checkpoint.pt", model, optimizer, run=name, config=config)
     else:
         (folder / "checkpoint.pt").unlink(missing_ok=True)  # a rerun under the same name replaces it all
-    tmp = folder / "config.json.part"
-    tmp.write_text(json.dumps(history.config, indent=1, default=str))
-    os.replace(tmp, folder / "config.json")
+    atomic_write_json(folder / "config.json", history.config)
     history.to_json(folder / "history.json")  # last: a run is listed once its history is there
     return folder
 
@@ -197,8 +184,6 @@ def list_runs() -> list[str]:
 
 def load_run(name: str, with_model: bool = False):
     """The saved ``History`` of a run; with ``with_model=True`` ``(history, model, meta)`` from its checkpoint."""
-    from .training import History
-
     folder = _run_folder(name)
     if not (folder / "history.json").is_file():
         known = ", ".join(list_runs()) or "none yet"

@@ -10,23 +10,10 @@ it, each step reruns the whole sequence. Both give the same tokens (tested); the
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from .model import context_length, eval_mode
 from .tokenizer import text_to_token_ids, token_ids_to_text
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run a block in eval mode without gradients, then restore the model's previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
@@ -112,7 +99,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50, quiet=False):
     """Print (unless ``quiet``) and return a greedy continuation of ``start_context`` on one line."""
-    context_size = model.pos_emb.weight.shape[0]
+    context_size = context_length(model)
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     token_ids = generate(model, encoded, max_new_tokens, context_size)
     text = token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")

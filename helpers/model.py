@@ -23,6 +23,7 @@ are cut off in ``forward``, so the model computes exactly the same thing (see :f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -326,6 +327,38 @@ def pad_vocab(model: GPTModel, multiple: int = 64) -> GPTModel:
     else:
         model.cfg["pad_vocab_multiple"] = multiple
     return model
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run a block in eval mode without gradients, then restore the model's previous mode (lecture 02)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def context_length(model: nn.Module) -> int:
+    """How many positions ``model`` can read: its config's ``context_length``, else its position embeddings.
+
+    Works for a ``GPTModel``, one wrapped by DDP or ``torch.compile``, and models with ``pos_emb``.
+    """
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "pos_emb"):
+            model = model.module
+        else:
+            break
+    cfg = getattr(model, "cfg", None)
+    if isinstance(cfg, dict) and "context_length" in cfg:
+        return int(cfg["context_length"])
+    if hasattr(model, "pos_emb"):
+        return int(model.pos_emb.weight.shape[0])
+    raise TypeError(f"Cannot tell the context length of a {type(model).__name__}: it has no cfg and no pos_emb.")
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -12,8 +12,12 @@ from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .checkpoints import load_run
+from .generation import apply_temperature_and_top_k
 
 
 def new_figure(figsize=(6, 3.5)) -> Figure:
@@ -26,8 +30,6 @@ def new_figure(figsize=(6, 3.5)) -> Figure:
 def _history_like(obj):
     """A ``History`` as is; a string as the name of a saved run."""
     if isinstance(obj, str):
-        from .checkpoints import load_run
-
         return load_run(obj)
     return obj
 
@@ -129,10 +131,6 @@ def plot_token_probabilities(logits, tokenizer, settings=((0.1, None), (1.0, Non
     The bars show the probability of the ``top`` most likely tokens (by the raw logits) and, in grey,
     the probability left for all the other tokens of the vocabulary together.
     """
-    import torch
-
-    from .generation import apply_temperature_and_top_k
-
     logits = torch.as_tensor(logits).detach().float().cpu().reshape(1, -1)
     ids = torch.topk(logits[0], min(top, logits.shape[-1])).indices
     words = [repr(tokenizer.decode([int(i)])) for i in ids] + [f"other {logits.shape[-1] - len(ids):,}"]

@@ -15,69 +15,16 @@ and saves to JSON (``history.to_json(path)``, ``History.from_json(path)``) so ru
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .generation import eval_mode, generate_and_print_sample
+from .generation import generate_and_print_sample
+from .history import History
 from .losses import calc_loss_batch, calc_loss_loader
-
-
-@dataclass
-class History:
-    """What happened during training: one entry per evaluation, plus per-epoch extras.
-
-    ``train_losses``, ``val_losses``, ``tokens_seen``, ``steps`` and ``epochs`` have one entry per
-    evaluation (``epochs`` is fractional: 1.5 is halfway through the second epoch). ``samples`` holds
-    the text generated after each epoch, ``extra`` per-epoch lists of other metrics (for example
-    ``"train_acc"``). ``total_seen`` and ``total_steps`` count everything so far, also after the
-    last evaluation. ``seen_unit`` says what ``tokens_seen`` counts: ``"tokens"`` or ``"examples"``.
-    """
-
-    train_losses: list[float] = field(default_factory=list)
-    val_losses: list[float] = field(default_factory=list)
-    tokens_seen: list[int] = field(default_factory=list)  # or examples, see seen_unit
-    steps: list[int] = field(default_factory=list)        # global step (0-based) of each evaluation
-    epochs: list[float] = field(default_factory=list)     # fractional epoch at each evaluation
-    samples: list[str] = field(default_factory=list)      # text generated after each epoch
-    extra: dict[str, list] = field(default_factory=dict)  # per-epoch metrics, e.g. "train_acc"
-    wall_time: float = 0.0                                # seconds
-    config: dict = field(default_factory=dict)            # hyperparameters, for comparing runs
-    seen_unit: str = "tokens"
-    total_seen: int = 0                                   # tokens (or examples) after the last step
-    total_steps: int = 0                                  # optimizer steps taken
-
-    def __iter__(self):
-        """Unpack like the course's return value: ``train_losses, val_losses, tokens_seen``."""
-        return iter((self.train_losses, self.val_losses, self.tokens_seen))
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write the history as JSON, atomically (to ``path.part``, then renamed). Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(asdict(self), indent=1, default=str))
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> History:
-        """Read a history written by :meth:`to_json`."""
-        path = Path(path)
-        data = json.loads(path.read_text())
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or not {"train_losses", "val_losses", "tokens_seen"} <= set(data):
-            raise ValueError(f"{path} is not a training history (expected the JSON that History.to_json writes).")
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path} has fields this History does not know: {sorted(unknown)}. "
-                             f"Was it written by a newer version of the helpers?")
-        return cls(**data)
+from .model import eval_mode
+from .plotting import LiveLossPlot
 
 
 def evaluate_model(model, train_loader, val_loader, device, eval_iter, loss_fn=calc_loss_loader):
@@ -155,8 +102,6 @@ def train_loop(
     history = History(config=dict(config or {}), seen_unit=seen_unit)
     plot = None
     if live_plot:
-        from .plotting import LiveLossPlot
-
         plot = LiveLossPlot()
     seen, global_step, start = 0, -1, time.perf_counter()
     steps_per_epoch = len(train_loader)
