@@ -29,7 +29,10 @@ FORMAT = "llm-lectures-checkpoint/1"
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    """``torch.save`` through :func:`helpers.files.atomic_save`: the file at ``path`` is always complete."""
+    """``torch.save`` through :func:`helpers.files.atomic_save`: the file at ``path`` is always complete.
+
+    Lectures 02-06 save through it.
+    """
     return atomic_save(path, lambda handle: torch.save(obj, handle))
 
 
@@ -70,6 +73,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
                     **meta) -> Path:
     """Save model (and optimizer) state with the model's config, so the model can be rebuilt from the file.
 
+    Lecture 02 teaches saving and resuming.
+
     Keyword arguments are stored as ``meta`` (numbers, strings, lists, dicts; paths become strings).
     The write is atomic. Returns the path.
     """
@@ -87,6 +92,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 def read_torch_file(path: str | Path, fmt: str, what: str, writer: str, map_location="cpu") -> dict:
     """Load a dict saved by one of our writers, with ``weights_only=True``, and check its ``format``.
 
+    Lectures 02-06 read checkpoints, classifiers and LoRA weights through it.
+
     ``what`` names the kind of file in messages ("a checkpoint", "LoRA weights"), ``writer`` the
     function that writes it. A missing, unreadable or foreign file gets an error that says which.
     """
@@ -103,13 +110,13 @@ def read_torch_file(path: str | Path, fmt: str, what: str, writer: str, map_loca
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """The checkpoint dict, checked to be one of ours."""
+    """The checkpoint dict, checked to be one of ours. Lecture 02."""
     return read_torch_file(path, FORMAT, "a checkpoint", "helpers.checkpoints.save_checkpoint", map_location)
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, map_location="cpu"):
-    """Restore a checkpoint. Returns ``(model, optimizer, meta)``.
+    """Restore a checkpoint. Returns ``(model, optimizer, meta)``. Lecture 02 teaches saving and resuming.
 
     Without ``model``, a ``GPTModel`` is built from the saved config (on the CPU: move it with
     ``.to(device)``). The optimizer state is restored only when an ``optimizer`` is passed; build it
@@ -146,6 +153,7 @@ def pretrained_checkpoint_path(profile: str | None = None) -> Path:
 
 
 def runs_dir() -> Path:
+    """The folder of saved runs (lecture 02 compares runs from it)."""
     return runtime.cache_dir() / "runs"
 
 
@@ -159,6 +167,8 @@ def _run_folder(name: str) -> Path:
 def save_run(name: str, history, model: torch.nn.Module | None = None,
              optimizer: torch.optim.Optimizer | None = None) -> Path:
     """Save a run under ``runs/<name>/``: ``history.json``, ``config.json`` and, with a model, ``checkpoint.pt``.
+
+    Lecture 02 compares saved runs.
 
     Saving again under the same name replaces the run. Returns the run's folder.
     """
@@ -175,7 +185,7 @@ def save_run(name: str, history, model: torch.nn.Module | None = None,
 
 
 def list_runs() -> list[str]:
-    """Names of the saved runs, oldest first."""
+    """Names of the saved runs, oldest first. Lecture 02."""
     if not runs_dir().is_dir():
         return []
     runs = [p for p in runs_dir().iterdir() if (p / "history.json").is_file()]
@@ -183,7 +193,10 @@ def list_runs() -> list[str]:
 
 
 def load_run(name: str, with_model: bool = False):
-    """The saved ``History`` of a run; with ``with_model=True`` ``(history, model, meta)`` from its checkpoint."""
+    """The saved ``History`` of a run; with ``with_model=True`` ``(history, model, meta)`` from its checkpoint.
+
+    Lecture 02.
+    """
     folder = _run_folder(name)
     if not (folder / "history.json").is_file():
         known = ", ".join(list_runs()) or "none yet"

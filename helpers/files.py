@@ -36,6 +36,7 @@ _CAUSES = {
     errno.EPERM: "the operation is not permitted there: choose a folder you can write to",
     errno.EROFS: "the file system is read-only: choose a writable folder",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
     errno.EISDIR: "the path is a folder, not a file",
     errno.ENAMETOOLONG: "the file name is too long",
 }

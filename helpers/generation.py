@@ -19,6 +19,8 @@ from .tokenizer import text_to_token_ids, token_ids_to_text
 def generate_text_simple(model, idx, max_new_tokens, context_size):
     """Greedy decoding: append the most likely next token ``max_new_tokens`` times.
 
+    Lecture 02 (and lecture 03 with GPT-2).
+
     ``idx`` has shape (batch, tokens). Only the last ``context_size`` tokens are fed to the model.
     """
     with eval_mode(model):
@@ -31,6 +33,8 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
 
 def apply_temperature_and_top_k(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None):
     """The distribution ``generate`` samples from, for a (batch, vocab) tensor of logits.
+
+    Lecture 02 (decoding strategies).
 
     Returns probabilities. ``top_k`` keeps only the k largest logits (the rest get probability 0);
     ``temperature`` divides the logits before softmax: below 1 sharpens, above 1 flattens. With
@@ -51,6 +55,8 @@ def apply_temperature_and_top_k(logits: torch.Tensor, temperature: float = 0.0, 
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None,
              use_cache=True, generator: torch.Generator | None = None):
     """Generate up to ``max_new_tokens`` tokens after ``idx`` (batch, tokens); returns prompt + new ids.
+
+    Lecture 02 teaches it; lectures 03, 05 and 06 use it.
 
     - ``temperature=0.0`` is greedy decoding; above 0 the next token is sampled.
     - ``top_k`` samples only among the k most likely tokens.
@@ -98,7 +104,10 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
 
 def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50, quiet=False):
-    """Print (unless ``quiet``) and return a greedy continuation of ``start_context`` on one line."""
+    """Print (unless ``quiet``) and return a greedy continuation of ``start_context`` on one line.
+
+    Lecture 02 prints one after every epoch.
+    """
     context_size = context_length(model)
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     token_ids = generate(model, encoded, max_new_tokens, context_size)

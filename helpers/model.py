@@ -62,6 +62,8 @@ TINY_CONFIG = {
 def get_config(name: str, **overrides) -> dict:
     """A fresh config dict by name, with overrides: ``get_config("gpt2-small", drop_rate=0.1)``.
 
+    Lectures 01-03 build their configs with it.
+
     Names: ``pretrain-124M`` (the course's pretraining config), ``gpt2-small`` / ``-medium`` /
     ``-large`` / ``-xl`` (also ``124M``, ``355M``, ``774M``, ``1558M``) and ``tiny``.
     """
@@ -95,6 +97,8 @@ def _check_impl(impl: str) -> str:
 class KVCache:
     """Keys and values computed so far, per transformer block, so that generation only feeds new tokens.
 
+    Lecture 02 (faster generation).
+
     ``keys[i]`` and ``values[i]`` have shape (batch, n_heads, tokens_so_far, head_dim).
     """
 
@@ -118,7 +122,7 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention."""
+    """Causal multi-head self-attention. Lecture 01 builds on it; the course teaches it in its chapter 3."""
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False, impl="fast"):
         super().__init__()
@@ -176,7 +180,10 @@ class MultiHeadAttention(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """Normalise each token's vector to mean 0 and variance 1, then scale and shift (learned)."""
+    """Normalise each token's vector to mean 0 and variance 1, then scale and shift (learned).
+
+    Lecture 01 (the course's chapter 4).
+    """
 
     def __init__(self, emb_dim, eps=1e-5, impl="fast"):
         super().__init__()
@@ -195,7 +202,10 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GPT-2's activation: a smooth ReLU, computed with the tanh approximation."""
+    """GPT-2's activation: a smooth ReLU, computed with the tanh approximation.
+
+    Lecture 01 (the course's chapter 4).
+    """
 
     def __init__(self, impl="fast"):
         super().__init__()
@@ -208,6 +218,10 @@ class GELU(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """Two linear layers with a GELU between them, widening to 4 x emb_dim and back.
+
+    Lecture 01 (the course's chapter 4).
+    """
     def __init__(self, cfg):
         super().__init__()
         self.layers = nn.Sequential(
@@ -221,7 +235,10 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """LayerNorm -> attention -> dropout -> add; LayerNorm -> feed-forward -> dropout -> add."""
+    """LayerNorm -> attention -> dropout -> add; LayerNorm -> feed-forward -> dropout -> add.
+
+    Lecture 01 (the course's chapter 4).
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -242,7 +259,10 @@ class TransformerBlock(nn.Module):
 
 
 class GPTModel(nn.Module):
-    """Token + position embeddings, ``n_layers`` transformer blocks, final LayerNorm, output head."""
+    """Token + position embeddings, ``n_layers`` transformer blocks, final LayerNorm, output head.
+
+    Lecture 01 introduces it; every lecture uses it.
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -286,7 +306,10 @@ class GPTModel(nn.Module):
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:
-    """``vocab_size`` rounded up to a multiple of ``multiple`` (50,257 -> 50,304 for 64)."""
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (50,257 -> 50,304 for 64).
+
+    Lecture 02 (the fast path).
+    """
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise ValueError(f"pad_vocab_multiple must be a positive integer (e.g. 64, or 1 for no padding), "
                          f"got {multiple!r}.")
@@ -303,6 +326,8 @@ def _resize_rows(weight: nn.Parameter, rows: int) -> nn.Parameter:
 
 def pad_vocab(model: GPTModel, multiple: int = 64) -> GPTModel:
     """Pad (or, with ``multiple=1``, unpad) the vocabulary of ``tok_emb`` and ``out_head`` in place.
+
+    Lecture 02 (the fast path).
 
     The token embedding and the output layer get zero rows up to the next multiple of ``multiple``
     (GPT-2: 50,257 -> 50,304 for 64). Nothing changes in what the model computes: no token id
@@ -344,6 +369,8 @@ def eval_mode(model: nn.Module):
 def context_length(model: nn.Module) -> int:
     """How many positions ``model`` can read: its config's ``context_length``, else its position embeddings.
 
+    Lectures 02-06.
+
     Works for a ``GPTModel``, one wrapped by DDP or ``torch.compile``, and models with ``pos_emb``.
     """
     while True:
@@ -362,11 +389,14 @@ def context_length(model: nn.Module) -> int:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (only those that train with ``trainable_only``). Lecture 02 counts parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def parameter_report(model: GPTModel) -> dict:
     """Total parameters, and the count GPT-2 reports, which shares ``out_head`` with ``tok_emb``.
+
+    Lecture 02 (162M vs 124M), lectures 03, 04 and 06.
 
     With a padded vocabulary (:func:`pad_vocab`) the zero padding rows are left out of both counts.
     """
@@ -383,7 +413,10 @@ def parameter_report(model: GPTModel) -> dict:
 
 
 def set_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Switch attention, LayerNorm and GELU of ``model`` to ``"teaching"`` or ``"fast"`` code, in place."""
+    """Switch attention, LayerNorm and GELU of ``model`` to ``"teaching"`` or ``"fast"`` code, in place.
+
+    Lecture 02 (teaching path and fast path).
+    """
     _check_impl(impl)
     for module in model.modules():
         if isinstance(module, (MultiHeadAttention, LayerNorm, GELU)):
@@ -394,7 +427,10 @@ def set_impl(model: nn.Module, impl: str) -> nn.Module:
 
 
 def flops_per_token(cfg: dict, seq_len: int | None = None) -> float:
-    """Approximate training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B)."""
+    """Approximate training FLOPs per token (forward + backward): 6 N + 12 L d T (PaLM appendix B).
+
+    Lecture 02's benchmark.
+    """
     t = seq_len or cfg["context_length"]
     d, n_layers, v = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
     n_params = n_layers * 12 * d * d + v * d  # blocks + output head (embeddings do no matmuls; padding is not work)

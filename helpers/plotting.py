@@ -21,7 +21,10 @@ from .generation import apply_temperature_and_top_k
 
 
 def new_figure(figsize=(6, 3.5)) -> Figure:
-    """A pyplot figure (so Jupyter's inline backend renders it) that pyplot no longer tracks."""
+    """A pyplot figure (so Jupyter's inline backend renders it) that pyplot no longer tracks.
+
+    Used by the plots of lectures 02-06.
+    """
     fig = plt.figure(figsize=figsize, layout="constrained")
     plt.close(fig)
     return fig
@@ -82,7 +85,10 @@ def plot_values(epochs_seen, examples_seen, train_values, val_values, label="los
 
 
 def plot_losses(epochs_seen, tokens_seen=None, train_losses=None, val_losses=None) -> Figure:
-    """The course's loss plot. Pass the four lists, or one ``History`` (or a saved run's name)."""
+    """The course's loss plot. Pass the four lists, or one ``History`` (or a saved run's name).
+
+    Lecture 02 (and 05).
+    """
     if train_losses is None:
         history = _history_like(epochs_seen)
         return plot_values(history.epochs, history.tokens_seen, history.train_losses, history.val_losses,
@@ -92,6 +98,8 @@ def plot_losses(epochs_seen, tokens_seen=None, train_losses=None, val_losses=Non
 
 def plot_runs(runs: Sequence, labels: Sequence[str] | None = None, metric: str = "loss") -> Figure:
     """Overlay several runs (``History`` objects or saved run names): training solid, validation dashed.
+
+    Lecture 02 compares runs with it.
 
     ``metric="loss"`` plots the evaluations' losses against tokens seen, so runs of different lengths
     line up; another name plots that per-epoch extra (e.g. ``"val_acc"``) against epochs.
@@ -126,6 +134,8 @@ def plot_token_probabilities(logits, tokenizer, settings=((0.1, None), (1.0, Non
                              top: int = 8) -> Figure:
     """What temperature and top-k do to a next-token distribution: one bar chart per setting.
 
+    Lecture 02 (decoding strategies).
+
     ``logits`` are the model's scores for the next token (shape (vocab,) or (1, vocab)); each entry of
     ``settings`` is ``(temperature, top_k)``, passed to ``helpers.generation.apply_temperature_and_top_k``.
     The bars show the probability of the ``top`` most likely tokens (by the raw logits) and, in grey,
@@ -148,6 +158,8 @@ def plot_token_probabilities(logits, tokenizer, settings=((0.1, None), (1.0, Non
 
 class LiveLossPlot:
     """One loss figure that is redrawn in place in a notebook while training runs.
+
+    Lectures 02-06, through ``train_loop(live_plot=True)``.
 
     ``train_loop(..., live_plot=True)`` calls :meth:`update` after every evaluation. The figure is shown
     (once) at the first update and replaced in the same output area afterwards. Outside a Jupyter

@@ -48,6 +48,7 @@ def profile(override: str | None = None) -> str:
 
 
 def is_quick(override: str | None = None) -> bool:
+    """True in the quick profile; every lecture reads it in its config cell. Every lecture."""
     return profile(override) == "quick"
 
 
@@ -98,7 +99,10 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
 
 
 def set_seed(seed: int = 123) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) so that a rerun gives the same numbers."""
+    """Seed Python, NumPy and PyTorch (all devices) so that a rerun gives the same numbers.
+
+    Every lecture seeds with it.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
