@@ -123,6 +123,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
     over the model's parameters first, then training resumes exactly where it stopped.
     """
     ckpt = read_checkpoint(path, map_location)
+    passed_model = model is not None
     if model is None:
         if ckpt["cfg"] is None:
             raise ValueError(f"{path} holds no model config; pass the model to load it into.")
@@ -132,10 +133,16 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None,
         target.load_state_dict(ckpt["model_state"])
     except RuntimeError as err:
         mine = getattr(target, "cfg", None)
+        if passed_model:
+            fix = ("Build the model from the checkpoint's config instead: load_checkpoint(path) without a "
+                   "model returns one.")
+        else:
+            fix = ("The file's weights do not match its own config: it was written by other code, or "
+                   "damaged. Save it again with helpers.checkpoints.save_checkpoint.")
         raise ValueError(
             f"The weights in {path} do not fit this model. The checkpoint's config is {ckpt['cfg']}"
-            + (f"; the model's is {mine}" if mine is not None else "")
-            + f". Build the model from the checkpoint's config (load_checkpoint(path) without a model).\n{err}"
+            + (f"; the model's is {mine}" if mine is not None and passed_model else "")
+            + f". {fix}\n{str(err).splitlines()[0]}"
         ) from err
     if optimizer is not None:
         if ckpt["optimizer_state"] is None:

@@ -10,10 +10,58 @@ it, each step reruns the whole sequence. Both give the same tokens (tested); the
 
 from __future__ import annotations
 
+import math
+import operator
+
 import torch
 
 from .model import context_length, eval_mode
 from .tokenizer import text_to_token_ids, token_ids_to_text
+
+
+def _is_whole(value) -> bool:
+    """An int (NumPy and tensor integers too), but not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_generation_inputs(model, idx, max_new_tokens, context_size) -> None:
+    """Refuse, with a message that says what to do, inputs that would fail deep inside the model.
+
+    Lecture 02's decoders call it first: ``idx`` must be a (batch, tokens) tensor of integer token ids
+    within the model's vocabulary, with at least one token; ``max_new_tokens`` a whole number >= 0;
+    ``context_size`` a whole number >= 1.
+    """
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"idx must be a tensor of token ids, got {type(idx).__name__}: encode the text first, "
+                        f"e.g. text_to_token_ids(text, tokenizer).")
+    if idx.dim() != 2:
+        hint = " Add a batch dimension with idx.unsqueeze(0)." if idx.dim() == 1 else ""
+        raise ValueError(f"idx must have shape (batch, tokens), got {tuple(idx.shape)}.{hint}")
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"idx must hold integer token ids, got dtype {idx.dtype}; convert with idx.long().")
+    if idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ValueError(f"idx has shape {tuple(idx.shape)}: the prompt needs at least one token per row "
+                         f"(an empty text encodes to no tokens; start from '<|endoftext|>' if you have none).")
+    cfg = getattr(model, "cfg", None)
+    vocab = cfg.get("vocab_size") if isinstance(cfg, dict) else None
+    if vocab is None and hasattr(model, "tok_emb"):
+        vocab = model.tok_emb.num_embeddings
+    if vocab is not None:
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"idx holds token id {low if low < 0 else high}, outside the model's vocabulary "
+                             f"(0 to {vocab - 1}). Encode text with the model's own tokenizer.")
+    if not _is_whole(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}.")
+    if not _is_whole(context_size) or context_size < 1:
+        raise ValueError(f"context_size must be a whole number >= 1 (the model's context length), "
+                         f"got {context_size!r}.")
 
 
 def generate_text_simple(model, idx, max_new_tokens, context_size):
@@ -23,12 +71,25 @@ def generate_text_simple(model, idx, max_new_tokens, context_size):
 
     ``idx`` has shape (batch, tokens). Only the last ``context_size`` tokens are fed to the model.
     """
+    check_generation_inputs(model, idx, max_new_tokens, context_size)
     with eval_mode(model):
         for _ in range(max_new_tokens):
             logits = model(idx[:, -context_size:])[:, -1, :]  # the last position predicts the next token
             idx_next = torch.argmax(logits, dim=-1, keepdim=True)
             idx = torch.cat((idx, idx_next), dim=1)
     return idx
+
+
+def check_sampling(temperature, top_k) -> None:
+    """Lecture 02's sampling settings: a finite temperature >= 0 and a whole-number top-k >= 1 (or None)."""
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"temperature must be a number >= 0, got {temperature!r}.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}.")
+    if top_k is not None and (not _is_whole(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be a whole number >= 1, or None for no limit, got {top_k!r}.")
 
 
 def apply_temperature_and_top_k(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None):
@@ -40,13 +101,10 @@ def apply_temperature_and_top_k(logits: torch.Tensor, temperature: float = 0.0, 
     ``temperature`` divides the logits before softmax: below 1 sharpens, above 1 flattens. With
     temperature 0 the result is one-hot on the argmax (greedy).
     """
+    check_sampling(temperature, top_k)
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}.")
         kth_largest = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_largest, -torch.inf)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}.")
     if temperature == 0.0:
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)
     return torch.softmax(logits / temperature, dim=-1)
@@ -69,10 +127,10 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
       changes every position, so the cache is dropped and each step reruns the last ``context_size``
       tokens, exactly as without a cache.
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None for no limit), got {top_k}.")
+    check_generation_inputs(model, idx, max_new_tokens, context_size)
+    check_sampling(temperature, top_k)
+    if eos_id is not None and not _is_whole(eos_id):
+        raise TypeError(f"eos_id must be a token id (an int) or None, got {eos_id!r}.")
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     if max_new_tokens <= 0:
         return idx

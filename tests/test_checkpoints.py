@@ -120,3 +120,30 @@ def test_runs_write_config_and_replace_on_rerun(monkeypatch, tmp_path):
     assert not (folder / "checkpoint.pt").exists()
     with pytest.raises(ValueError):
         C.save_run("..", h)
+
+
+def test_an_empty_checkpoint_file_says_it_is_empty(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
+        C.load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_own_config_does_not_suggest_the_same_call(tmp_path):
+    model = M.GPTModel(M.get_config("tiny"))
+    ckpt = {"format": C.FORMAT, "cfg": M.get_config("tiny", emb_dim=64), "model_state": model.state_dict(),
+            "optimizer_state": None, "meta": {}}
+    torch.save(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="do not match its own config") as info:
+        C.load_checkpoint(tmp_path / "odd.pt")
+    assert "without a model" not in str(info.value)
+
+
+def test_a_full_disk_during_a_save_is_named(tmp_path, monkeypatch):
+    def no_space(obj, handle):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 320 vs 256")
+
+    monkeypatch.setattr(C.torch, "save", no_space)
+    target = tmp_path / "c.pt"
+    with pytest.raises(OSError, match="disk is full"):
+        C.save_checkpoint(target, M.GPTModel(M.get_config("tiny")))
+    assert not target.exists() and not (tmp_path / "c.pt.part").exists()

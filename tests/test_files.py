@@ -104,3 +104,31 @@ def test_mode_is_checked(tmp_path):
     with pytest.raises(ValueError, match="whole files"):
         with files.atomic_write(tmp_path / "x", "a"):
             pass
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 256 KiB tmpfs (needs root and a kernel that allows the mount; skipped elsewhere)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + made.stderr.decode(errors="replace").strip())
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_really_full_disk(small_filesystem):
+    target = small_filesystem / "big.pt"
+    (small_filesystem / "old.txt").write_text("kept")
+    with pytest.raises(files.WriteError, match="disk is full") as info:
+        files.atomic_save(target, lambda handle: torch.save(torch.zeros(200_000), handle))
+    assert str(target) in str(info.value)
+    assert sorted(p.name for p in small_filesystem.iterdir()) == ["old.txt"]  # no .part left behind
+    files.atomic_write_text(small_filesystem / "small.txt", "fits")              # space came back
+    assert (small_filesystem / "small.txt").read_text() == "fits"

@@ -121,3 +121,34 @@ def test_generate_and_print_sample(tiny, capsys):
     assert text.startswith("Every effort moves you") and "\n" not in text
     assert capsys.readouterr().out == text + "\n"
     assert tiny.training
+
+
+@pytest.mark.parametrize("idx, kwargs, message", [
+    (torch.tensor([1, 2, 3]), {}, r"shape \(batch, tokens\).*unsqueeze\(0\)"),
+    (torch.zeros(1, 0, dtype=torch.long), {}, "at least one token"),
+    (torch.tensor([[1.0, 2.0]]), {}, "integer token ids"),
+    (torch.tensor([[1, 50257]]), {}, "token id 50257, outside the model's vocabulary"),
+    (torch.tensor([[-1, 2]]), {}, "token id -1"),
+    ([[1, 2]], {}, "tensor of token ids"),
+    (torch.tensor([[1, 2]]), {"temperature": float("nan")}, "finite number >= 0"),
+    (torch.tensor([[1, 2]]), {"temperature": -1.0}, "finite number >= 0"),
+    (torch.tensor([[1, 2]]), {"top_k": 0}, "top_k must be a whole number >= 1"),
+    (torch.tensor([[1, 2]]), {"top_k": 2.5}, "top_k must be a whole number >= 1"),
+    (torch.tensor([[1, 2]]), {"max_new_tokens": -3}, "max_new_tokens must be a whole number"),
+    (torch.tensor([[1, 2]]), {"context_size": 0}, "context_size must be a whole number >= 1"),
+    (torch.tensor([[1, 2]]), {"eos_id": "x"}, "eos_id must be a token id"),
+])
+def test_bad_generation_inputs_get_clear_errors(tiny, idx, kwargs, message):
+    args = {"max_new_tokens": 3, "context_size": 16, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=message):
+        generate(tiny, idx, **args)
+
+
+def test_generate_text_simple_checks_its_prompt(tiny):
+    with pytest.raises(ValueError, match="unsqueeze"):
+        generate_text_simple(tiny, torch.tensor([1, 2]), 2, 16)
+
+
+def test_zero_new_tokens_returns_the_prompt(tiny):
+    idx = torch.tensor([[5, 6]])
+    assert torch.equal(generate(tiny, idx, 0, 16), idx)
