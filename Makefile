@@ -1,22 +1,39 @@
 # make lectures   set up .venv if needed, then run every notebook headlessly (quick profile) into build/
 # make test       set up .venv if needed, then lint (ruff) and run the tests (pytest)
-# make lab        open the series in JupyterLab
+# make lab        open the series in JupyterLab (outputs you save never reach git: see .gitattributes)
 # make bench      measure training and generation speed, teaching path against fast path
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= quick
+# Where pip finds the small CPU build of PyTorch (used only when torch is missing and no NVIDIA GPU is seen).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup lectures test lab prefetch bench clean
+.PHONY: setup git-filter lectures test lab prefetch bench clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	@# Without an NVIDIA GPU, take PyTorch's CPU build (about 0.2 GB) before anything pulls the CUDA one (several GB).
+	@if $(BIN)/python -c "import torch" 2>/dev/null; then echo "PyTorch is already installed."; \
+	elif [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "No NVIDIA GPU found: installing the CPU build of PyTorch from $(TORCH_CPU_INDEX)"; \
+	  $(BIN)/python -m pip install torch --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	fi
 	$(BIN)/python -m pip install -r requirements-dev.txt -e .
+	$(MAKE) --no-print-directory git-filter
 	touch $(STAMP)
+
+# Strip notebook outputs on `git add` / `git status` (configured for this clone only; harmless outside git).
+git-filter:
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean "'$(abspath $(BIN))/python' -m nbstripout --keep-id" && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config diff.ipynb.textconv "'$(abspath $(BIN))/python' -m nbstripout --keep-id -t" && \
+	  echo "git: notebook outputs are stripped on commit (filter nbstripout)"; fi
 
 lectures: $(STAMP)
 	$(BIN)/python -m helpers lectures --profile $(PROFILE)
@@ -25,8 +42,8 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+lab: $(STAMP) git-filter
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 prefetch: $(STAMP)
 	$(BIN)/python -m helpers prefetch

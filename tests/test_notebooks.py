@@ -2,24 +2,84 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from helpers import lectures
 
 NOTEBOOKS = lectures.list_notebooks()
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no NN_name.ipynb files"
 
 
+def committed_text(path: Path) -> str:
+    """The notebook as git would commit it: the staged copy after git's clean filter (nbstripout, set up by
+    ``make setup``). Outside a git checkout, or for a file git does not track yet, the file itself."""
+    repo = path.resolve().parent.parent
+    if shutil.which("git") and (repo / ".git").exists():
+        relative = path.resolve().relative_to(repo).as_posix()
+        shown = subprocess.run(["git", "-C", str(repo), "show", f":{relative}"], capture_output=True, check=False)
+        if shown.returncode == 0:
+            staged = shown.stdout.decode("utf-8")
+            # Also what `git add` would stage now (the working copy through the clean filter):
+            cleaned = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "--", relative],
+                                     capture_output=True, check=False)
+            if cleaned.returncode == 0:
+                return staged
+    return path.read_text(encoding="utf-8")
+
+
+def output_cells(text: str) -> list[int]:
+    nb = json.loads(text)
+    return [i for i, c in enumerate(nb["cells"])
+            if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_without_outputs(path):
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    dirty = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
-    assert not dirty, f"{path.name}: cells {dirty} keep outputs; clear them before committing"
+    """What is (or would be) committed has no outputs; outputs JupyterLab saved into the working copy are
+    fine as long as git's filter strips them."""
+    dirty = output_cells(committed_text(path))
+    assert not dirty, (f"{path.name}: cells {dirty} keep outputs in what git would commit; run `make setup` "
+                       f"(it installs the output-stripping git filter) or clear the outputs")
+
+
+def test_the_git_filter_strips_outputs(tmp_path):
+    """A notebook saved with outputs, in a repository set up as `make setup` does, commits without them."""
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    src = NOTEBOOKS[0]
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    run = functools.partial(subprocess.run, cwd=repo, check=True, capture_output=True)
+    run(["git", "init", "-q"])
+    run(["git", "config", "user.email", "t@example.com"])
+    run(["git", "config", "user.name", "t"])
+    run(["git", "config", "filter.nbstripout.clean", f"'{sys.executable}' -m nbstripout --keep-id"])
+    run(["git", "config", "filter.nbstripout.smudge", "cat"])
+    (repo / ".gitattributes").write_text((REPO / ".gitattributes").read_text())
+    target = repo / "notebooks" / src.name
+    nb = json.loads(src.read_text(encoding="utf-8"))
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hello\n"]}]
+    code["execution_count"] = 7
+    target.write_text(json.dumps(nb, indent=1) + "\n", encoding="utf-8")
+    run(["git", "add", "-A"])
+    run(["git", "commit", "-qm", "x"])
+    committed = run(["git", "show", f"HEAD:notebooks/{src.name}"]).stdout.decode()
+    assert output_cells(committed) == []
+    assert output_cells(target.read_text(encoding="utf-8")), "the working copy keeps its outputs"
+    assert committed_text(target) == committed
+    assert run(["git", "diff", "--stat"]).stdout == b""
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
