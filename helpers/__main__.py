@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import data, lectures, runtime, weights
+from .download import DownloadError
+
 
 def _lectures(args) -> int:
-    from . import lectures
-
     paths = [Path(p) for p in args.notebooks] or lectures.list_notebooks()
     out = Path(args.out)
     results = lectures.run_all(paths, out, args.profile)
@@ -20,9 +21,6 @@ def _lectures(args) -> int:
 
 
 def _prefetch(args) -> int:
-    from . import data, runtime, weights
-    from .download import DownloadError
-
     print(f"Cache: {runtime.cache_dir()}")
     failed = 0
     for name in args.data or data.LECTURE_DATA:

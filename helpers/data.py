@@ -1,4 +1,4 @@
-"""The lecture data: one registry, one fetch function, and the pretraining dataset and loaders.
+"""The lecture data: one registry, one fetch function, and the pretraining dataset and loaders (lectures 01-02).
 
 ``fetch(name)`` looks for a file in this order and returns the first verified copy:
 
@@ -13,25 +13,26 @@ Run ``python -m helpers prefetch`` before class to download everything the serie
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
 from .download import DownloadError, copy_verified, download, is_valid, sha256sum, verify_file
+from .files import atomic_write, atomic_write_text, commit_part
 from .tokenizer import get_tokenizer
 
 
 @dataclass(frozen=True)
 class DataFile:
-    """A file the lectures use, with where to get it and how to recognise it."""
+    """A file the lectures use (lectures 01-05), with where to get it and how to recognise it."""
 
     name: str
     filename: str
@@ -114,6 +115,7 @@ for _name, (_number, _title) in GUTENBERG_BOOKS.items():
 
 
 def data_dir() -> Path:
+    """The cache folder for the lectures' data files, ``LECTURES_CACHE/data`` (lectures 01-06)."""
     path = runtime.cache_dir() / "data"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -121,6 +123,8 @@ def data_dir() -> Path:
 
 def safe_extract(archive: str | Path, target: str | Path, members: list[str] | None = None) -> list[Path]:
     """Extract ``members`` (default: all) of a zip into ``target``, refusing any path outside it.
+
+    Lecture 04's SMS spam data arrives as a zip archive. Each file is written atomically.
 
     Raises ValueError for absolute paths or ``..`` components (the "zip slip" attack) before
     anything is written.
@@ -135,12 +139,8 @@ def safe_extract(archive: str | Path, target: str | Path, members: list[str] | N
                 raise ValueError(f"Refusing to extract {name!r} from {archive}: it would land outside {target}.")
         for name in names:
             out = (target / name).resolve()
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".part")
-            with zf.open(name) as src, open(tmp, "wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-            os.replace(tmp, out)
+            with zf.open(name) as src, atomic_write(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
             written.append(out)
     return written
 
@@ -155,10 +155,7 @@ def _recorded_sha256(entry: DataFile, dest: Path) -> str | None:
 
 def _record_sha256(entry: DataFile, path: Path) -> None:
     if entry.sha256 is None:
-        sidecar = path.with_name(path.name + ".sha256")
-        tmp = sidecar.with_name(sidecar.name + ".part")
-        tmp.write_text(sha256sum(path) + "\n")
-        os.replace(tmp, sidecar)
+        atomic_write_text(path.with_name(path.name + ".sha256"), sha256sum(path) + "\n")
 
 
 def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
@@ -185,7 +182,7 @@ def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
     try:
         (extracted,) = safe_extract(archive, staging, [entry.zip_member])
         verify_file(extracted, entry.sha256, entry.size)
-        os.replace(extracted, dest)
+        commit_part(extracted, dest)
     finally:
         archive.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -193,7 +190,7 @@ def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
 
 
 def fetch(name: str, progress: bool = True) -> Path:
-    """Return the path of a verified copy of the lecture file ``name`` (see :data:`REGISTRY`)."""
+    """Return the path of a verified copy of the lecture file ``name`` (see :data:`REGISTRY`); lectures 01-05."""
     if name not in REGISTRY:
         raise KeyError(f"Unknown data file {name!r}. Known: {', '.join(sorted(REGISTRY))}.")
     entry = REGISTRY[name]
@@ -216,11 +213,15 @@ def fetch(name: str, progress: bool = True) -> Path:
 
 
 def read_text(name: str) -> str:
+    """The text of the lecture file ``name``, e.g. ``read_text("the-verdict")`` in lectures 01-03."""
     return fetch(name).read_text(encoding="utf-8")
 
 
 def strip_gutenberg(text: str) -> str:
-    """The book itself: drop Project Gutenberg's licence header and footer when they are present."""
+    """The book itself: drop Project Gutenberg's licence header and footer when they are present.
+
+    Lecture 02's larger corpus (``python -m helpers.pretrain --corpus books``) is made of such books.
+    """
     start = re.search(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", text, re.M | re.I)
     end = re.search(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK", text, re.M | re.I)
     body = text[start.end() if start else 0 : end.start() if end else len(text)]
@@ -228,7 +229,10 @@ def strip_gutenberg(text: str) -> str:
 
 
 def read_corpus(names: list[str] | tuple[str, ...]) -> str:
-    """Several texts joined into one corpus, separated by ``<|endoftext|>`` (Gutenberg boilerplate removed)."""
+    """Several texts joined into one corpus, separated by ``<|endoftext|>`` (Gutenberg boilerplate removed).
+
+    Lecture 02 pretrains on such a corpus when more text than *The Verdict* is wanted.
+    """
     texts = [strip_gutenberg(read_text(name)) if name in GUTENBERG_BOOKS else read_text(name) for name in names]
     return "<|endoftext|>".join(texts)
 
@@ -237,7 +241,7 @@ def read_corpus(names: list[str] | tuple[str, ...]) -> str:
 
 
 class GPTDatasetV1(Dataset):
-    """Input/target pairs from a text: windows of ``max_length`` tokens, every ``stride`` tokens.
+    """Input/target pairs from a text: windows of ``max_length`` tokens, every ``stride`` tokens (lecture 01).
 
     The target is the input shifted by one token: at every position the model learns to predict
     the next token.
@@ -275,7 +279,10 @@ def create_dataloader(
     tokenizer=None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader over :class:`GPTDatasetV1` windows of ``txt`` (the course's ``create_dataloader_v1``)."""
+    """A DataLoader over :class:`GPTDatasetV1` windows of ``txt`` (the course's ``create_dataloader_v1``).
+
+    Lecture 01 teaches it and lecture 02 pretrains with it; :func:`train_val_loaders` makes the usual pair.
+    """
     dataset = GPTDatasetV1(txt, tokenizer or get_tokenizer(), max_length, stride)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
@@ -287,8 +294,36 @@ create_dataloader_v1 = create_dataloader  # the course's name
 
 
 def train_val_split(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
-    """Split a text by characters: the first ``train_ratio`` for training, the rest for validation."""
+    """Split a text by characters: the first ``train_ratio`` for training, the rest for validation (lecture 01)."""
     if not 0.0 < train_ratio < 1.0:
         raise ValueError(f"train_ratio must be between 0 and 1, got {train_ratio}.")
     split_idx = int(train_ratio * len(text))
     return text[:split_idx], text[split_idx:]
+
+
+class TextLoaders(NamedTuple):
+    """The training and validation loaders of a text, in that order (lectures 01-03)."""
+
+    train: DataLoader
+    val: DataLoader
+
+
+def train_val_loaders(text: str, context_length: int, batch_size: int = 2, train_ratio: float = 0.9,
+                      tokenizer=None) -> TextLoaders:
+    """The course's two loaders over a text, as lectures 01-03 build them: ``train, val = train_val_loaders(...)``.
+
+    The text is split by :func:`train_val_split`; both parts are cut into windows of ``context_length``
+    tokens that do not overlap (``stride = context_length``). The training loader shuffles and drops
+    a last incomplete batch, so every step sees ``batch_size`` windows; the validation loader keeps
+    the order and every window. For *The Verdict* with context 256 and batch size 2 that is 9
+    training batches and 1 validation batch, as in the course. Shuffling draws from PyTorch's global
+    generator when the loader is iterated: seed it first for a repeatable order.
+    """
+    train_text, val_text = train_val_split(text, train_ratio)
+    tokenizer = tokenizer or get_tokenizer()
+    return TextLoaders(
+        create_dataloader(train_text, batch_size=batch_size, max_length=context_length, stride=context_length,
+                          shuffle=True, drop_last=True, tokenizer=tokenizer),
+        create_dataloader(val_text, batch_size=batch_size, max_length=context_length, stride=context_length,
+                          shuffle=False, drop_last=False, tokenizer=tokenizer),
+    )

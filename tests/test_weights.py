@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checkpoints, download, weights
+from helpers import checkpoints, download, gpt2_files, gpt2_formats, weights
 from helpers import model as M
 
 transformers = pytest.importorskip("transformers")
@@ -81,15 +81,15 @@ def tiny_ckpt(tmp_path_factory):
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("needs tensorflow")
     params = random_params()
-    folder = weights.write_openai_checkpoint(tmp_path_factory.mktemp("ckpt") / "124M", SETTINGS, params)
+    folder = gpt2_formats.write_openai_checkpoint(tmp_path_factory.mktemp("ckpt") / "124M", SETTINGS, params)
     return folder, params
 
 
 @pytest.fixture
 def tiny_sizes(monkeypatch, tiny_ckpt):
     """Let the tiny checkpoint pass for "124M" (its data file is smaller than the real one's 497,759,232 bytes)."""
-    size = (tiny_ckpt[0] / weights.DATA_FILE).stat().st_size
-    monkeypatch.setattr(weights, "KNOWN_SIZES", {**weights.KNOWN_SIZES, ("124M", weights.DATA_FILE): size})
+    size = (tiny_ckpt[0] / gpt2_files.DATA_FILE).stat().st_size
+    monkeypatch.setattr(gpt2_files, "KNOWN_SIZES", {**gpt2_files.KNOWN_SIZES, ("124M", gpt2_files.DATA_FILE): size})
     return size
 
 
@@ -101,7 +101,7 @@ def test_writer_uses_openais_layout(tiny_ckpt, tiny_sizes):
     import tensorflow as tf
 
     folder, _ = tiny_ckpt
-    assert sorted(p.name for p in folder.iterdir()) == sorted(weights.GPT2_FILES)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(gpt2_files.GPT2_FILES)
     assert (folder / "checkpoint").read_text().splitlines()[0] == 'model_checkpoint_path: "model.ckpt"'  # relative
     shapes = dict(tf.train.list_variables(str(folder / "model.ckpt")))
     assert shapes["model/wte"] == [50257, 32] and shapes["model/wpe"] == [32, 32]
@@ -111,13 +111,13 @@ def test_writer_uses_openais_layout(tiny_ckpt, tiny_sizes):
     assert shapes["model/ln_f/g"] == [32] and shapes["model/ln_f/b"] == [32] and len(shapes) == 4 + 2 * 12
     # the graph file holds the graph, not a second copy of the weights (OpenAI's 124M meta is 471 kB)
     assert (folder / "model.ckpt.meta").stat().st_size < 200_000
-    assert all(weights.file_problem(folder / n, "124M", n) is None for n in weights.GPT2_FILES)
+    assert all(gpt2_files.file_problem(folder / n, "124M", n) is None for n in gpt2_files.GPT2_FILES)
 
 
 @needs_tf
 def test_tf_route_matches_transformers(tiny_ckpt):
     folder, params = tiny_ckpt
-    settings, loaded = weights.load_openai_checkpoint(folder)
+    settings, loaded = gpt2_formats.load_openai_checkpoint(folder)
     assert settings == SETTINGS
     model, hf = our_model(settings, loaded), hf_model_with(params)
     x = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -130,7 +130,7 @@ def test_safetensors_route_matches_transformers(tmp_path):
     hf = hf_model_with(random_params(seed=3))
     hf.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "model.safetensors").is_file()
-    settings, params = weights.load_gpt2_params_from_safetensors(tmp_path)
+    settings, params = gpt2_formats.load_gpt2_params_from_safetensors(tmp_path)
     assert settings == SETTINGS
     model = our_model(settings, params)
     x = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(2))
@@ -167,15 +167,15 @@ def test_invalid_size_lists_valid_ones():
 def test_missing_tensorflow_points_to_safetensors(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
     with pytest.raises(ImportError, match="safetensors"):
-        weights.load_gpt2_params_from_tf_ckpt("model.ckpt", SETTINGS)
+        gpt2_formats.load_gpt2_params_from_tf_ckpt("model.ckpt", SETTINGS)
 
 
 @needs_tf
 def test_our_untied_model_round_trips_through_openai_layout(tmp_path):
     torch.manual_seed(0)
     model = M.GPTModel(M.get_config("tiny")).eval()  # no qkv bias, out_head separate from tok_emb
-    folder = weights.write_openai_checkpoint(tmp_path / "ours", *weights.params_from_model(model))
-    settings, params = weights.load_openai_checkpoint(folder)
+    folder = gpt2_formats.write_openai_checkpoint(tmp_path / "ours", *gpt2_formats.params_from_model(model))
+    settings, params = gpt2_formats.load_openai_checkpoint(folder)
     assert not params["blocks"][0]["attn"]["c_attn"]["b"].any()  # zero biases stand for "no bias"
     loaded = our_model(settings, params)
     x = torch.randint(0, 50257, (2, 12))
@@ -187,7 +187,7 @@ def test_our_untied_model_round_trips_through_openai_layout(tmp_path):
 
 
 def _serve_checkpoint(server, folder, prefix):
-    for name in weights.GPT2_FILES:
+    for name in gpt2_files.GPT2_FILES:
         server.routes[f"{prefix}/124M/{name}"] = (200, (folder / name).read_bytes(), {})
 
 
@@ -208,7 +208,7 @@ def test_download_with_backup_and_resume(monkeypatch, tmp_path, http_server, tin
     data_file = "/openai/124M/model.ckpt.data-00000-of-00001"
     body = http_server.routes[data_file][1]
     http_server.routes[data_file] = (200, body, {"truncate_to": len(body) // 3})  # a connection that keeps dropping
-    monkeypatch.setattr(weights, "BASE_URLS", (http_server.url + "/openai", http_server.url + "/backup"))
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (http_server.url + "/openai", http_server.url + "/backup"))
 
     settings, loaded = weights.download_and_load_gpt2("124M", tmp_path / "models", progress=False)
     assert settings == SETTINGS
@@ -222,7 +222,7 @@ def test_download_with_backup_and_resume(monkeypatch, tmp_path, http_server, tin
     assert not list((tmp_path / "models" / "124M").glob("*.part"))
     # a second call finds everything in the cache and asks the network for nothing
     before = len(http_server.requests)
-    weights.download_gpt2_files("124M", tmp_path / "models", progress=False)
+    gpt2_files.download_gpt2_files("124M", tmp_path / "models", progress=False)
     assert len(http_server.requests) == before
 
 
@@ -231,15 +231,15 @@ def test_wrong_files_are_never_kept(monkeypatch, tmp_path, http_server, tiny_ckp
     folder, _ = tiny_ckpt
     _serve_checkpoint(http_server, folder, "/openai")
     http_server.routes["/openai/124M/model.ckpt.index"] = (200, b"\0" * 2000, {})  # right size range, wrong file
-    monkeypatch.setattr(weights, "BASE_URLS", (http_server.url + "/openai",))
-    monkeypatch.setattr(weights, "KNOWN_SIZES", {**weights.KNOWN_SIZES, ("124M", weights.DATA_FILE): 123})
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (http_server.url + "/openai",))
+    monkeypatch.setattr(gpt2_files, "KNOWN_SIZES", {**gpt2_files.KNOWN_SIZES, ("124M", gpt2_files.DATA_FILE): 123})
     target = tmp_path / "models" / "124M"
     with pytest.raises(download.DownloadError, match="expected 123"):
-        weights.download_gpt2_files("124M", tmp_path / "models", progress=False)
-    assert not (target / weights.DATA_FILE).exists()
-    monkeypatch.setattr(weights, "KNOWN_SIZES", {**weights.KNOWN_SIZES, ("124M", weights.DATA_FILE): None})
+        gpt2_files.download_gpt2_files("124M", tmp_path / "models", progress=False)
+    assert not (target / gpt2_files.DATA_FILE).exists()
+    monkeypatch.setattr(gpt2_files, "KNOWN_SIZES", {**gpt2_files.KNOWN_SIZES, ("124M", gpt2_files.DATA_FILE): None})
     with pytest.raises(download.DownloadError, match="not a TensorFlow index file"):
-        weights.download_gpt2_files("124M", tmp_path / "models", progress=False)
+        gpt2_files.download_gpt2_files("124M", tmp_path / "models", progress=False)
     assert not (target / "model.ckpt.index").exists()
 
 
@@ -250,10 +250,10 @@ def test_mirror_folder_is_used_before_the_network(monkeypatch, tmp_path, tiny_ck
     (mirror / "gpt2").mkdir(parents=True)
     (mirror / "gpt2" / "124M").symlink_to(folder, target_is_directory=True)
     monkeypatch.setenv("LECTURES_MIRROR", str(mirror))
-    monkeypatch.setattr(weights, "BASE_URLS", (dead_url(),))
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (dead_url(),))
     settings, loaded = weights.download_and_load_gpt2("124M", tmp_path / "models", progress=False)
     np.testing.assert_array_equal(loaded["wte"], params["wte"])
-    assert (tmp_path / "models" / "124M" / weights.DATA_FILE).is_file()
+    assert (tmp_path / "models" / "124M" / gpt2_files.DATA_FILE).is_file()
 
 
 def test_probe_gives_up_on_a_server_that_never_answers():
@@ -262,13 +262,13 @@ def test_probe_gives_up_on_a_server_that_never_answers():
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/x"
         start = time.monotonic()
-        assert weights.first_reachable([url, dead_url() + "/y"], timeout=0.3) is None
+        assert gpt2_files.first_reachable([url, dead_url() + "/y"], timeout=0.3) is None
         assert time.monotonic() - start < 5  # gave up instead of hanging
-    assert not weights.reachable(dead_url())
+    assert not gpt2_files.reachable(dead_url())
 
 
 def test_probe_counts_any_http_answer(http_server):
-    assert weights.first_reachable([dead_url() + "/a", http_server.url + "/missing"]) == http_server.url + "/missing"
+    assert gpt2_files.first_reachable([dead_url() + "/a", http_server.url + "/missing"]) == http_server.url + "/missing"
 
 
 # ------------------------------------------------------------------------------- load_base_model
@@ -280,9 +280,9 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("LECTURES_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LECTURES_MIRROR", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(weights, "BASE_URLS", (dead_url() + "/openai", dead_url() + "/backup"))
-    monkeypatch.setattr(weights, "HF_ENDPOINT", dead_url())
-    monkeypatch.setattr(weights, "HF_CACHE_DIR", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (dead_url() + "/openai", dead_url() + "/backup"))
+    monkeypatch.setattr(gpt2_files, "HF_ENDPOINT", dead_url())
+    monkeypatch.setattr(gpt2_files, "HF_CACHE_DIR", str(tmp_path / "hf-cache"))
 
 
 @needs_tf
@@ -303,11 +303,26 @@ def test_load_base_model_falls_back_to_lecture02(offline, capsys):
 
 
 def test_quick_profile_never_downloads(offline, monkeypatch, capsys):
-    monkeypatch.setattr(weights, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
     model, cfg, source = weights.load_base_model("124M", profile="quick")
     out = capsys.readouterr().out
     assert "full profile" in out and "untrained" in source and "WARNING" in out and "gibberish" in out
-    assert cfg["context_length"] == 128 and cfg["emb_dim"] == 128
+    # no lecture 02 checkpoint: the small config helpers.model keeps for the quick profile
+    assert cfg["context_length"] == M.TINY_CONFIG["context_length"] and cfg["emb_dim"] == M.TINY_CONFIG["emb_dim"]
+
+
+def test_quick_profile_takes_lecture02s_config_from_its_checkpoint(offline, monkeypatch, capsys):
+    """The stand-in is built from the config lecture 02 saved, whatever sizes the lecture chose."""
+    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+    torch.manual_seed(0)
+    trained = M.GPTModel(M.get_config("tiny", context_length=48, emb_dim=40, n_heads=5, n_layers=3)).eval()
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
+    model, cfg, source = weights.load_base_model("124M", profile="quick")
+    assert "lecture 02" in source and "WARNING" not in capsys.readouterr().out
+    assert (cfg["context_length"], cfg["emb_dim"], cfg["n_heads"], cfg["n_layers"]) == (48, 40, 5, 3)
+    x = torch.randint(0, 50257, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x), atol=1e-6, rtol=1e-6)
 
 
 def test_hub_route_when_openai_is_unreachable(offline, monkeypatch, tmp_path, capsys):
@@ -321,8 +336,8 @@ def test_hub_route_when_openai_is_unreachable(offline, monkeypatch, tmp_path, ca
             raise OSError("not in the cache")
         return tmp_path / "hub"
 
-    monkeypatch.setattr(weights, "download_gpt2_safetensors", fake_hub)
-    monkeypatch.setattr(weights, "first_reachable", lambda urls, timeout=None: None if "/openai/" in urls[0] else urls[0])
+    monkeypatch.setattr(gpt2_files, "download_gpt2_safetensors", fake_hub)
+    monkeypatch.setattr(gpt2_files, "first_reachable", lambda urls, timeout=None: None if "/openai/" in urls[0] else urls[0])
     model, cfg, source = weights.load_base_model("124M", profile="full")
     assert hub_calls == [True, False] and "safetensors" in source and "Hugging Face" in source
     x = torch.randint(0, 50257, (1, 8))
@@ -333,8 +348,8 @@ def test_hub_route_when_openai_is_unreachable(offline, monkeypatch, tmp_path, ca
 @needs_tf
 def test_cached_checkpoint_needs_no_network(offline, monkeypatch, tiny_ckpt, tiny_sizes):
     folder, params = tiny_ckpt
-    monkeypatch.setattr(weights, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
-    target = weights.default_models_dir() / "124M"
+    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+    target = gpt2_files.default_models_dir() / "124M"
     target.parent.mkdir(parents=True)
     target.symlink_to(folder, target_is_directory=True)
     settings, loaded, source = weights.load_base_params("124M", profile="full", allow_download=False)
