@@ -86,11 +86,16 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a file that was written elsewhere (another library, another process) to the disk."""
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
 def commit_part(part: str | Path, path: str | Path) -> Path:
     """Make a finished ``part`` file the file at ``path``: fsync it, rename it, fsync the folder."""
     part, path = Path(part), Path(path)
-    with open(part, "rb+") as handle:
-        os.fsync(handle.fileno())
+    fsync_file(part)
     os.replace(part, path)
     fsync_dir(path.parent)
     return path

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file as load_safetensors
 
-from .files import atomic_write, atomic_write_json, fsync_dir, part_path
+from .files import atomic_write, atomic_write_json, fsync_dir, fsync_file, part_path
 from .model import GPTModel
 from .tokenizer import packaged_bpe_dir
 
@@ -187,12 +187,6 @@ def _flatten(params: dict) -> dict[str, np.ndarray]:
     return flat
 
 
-def _fsync_file(path: Path) -> None:
-    """Flush a file that another library wrote (TensorFlow's saver) to the disk."""
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
 def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) -> Path:
     """Write ``(settings, params)`` as a TensorFlow 1 ``Saver`` checkpoint in exactly OpenAI's layout.
 
@@ -222,7 +216,7 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
                 session.run(var.initializer, {var.initial_value: flat[name].astype(np.float32)})
             saver.save(session, str(tmp / "model.ckpt"))
     for path in tmp.iterdir():
-        _fsync_file(path)
+        fsync_file(path)
     atomic_write_json(tmp / "hparams.json", settings, indent=2)
     bpe = packaged_bpe_dir()
     if bpe is not None:
