@@ -1,4 +1,4 @@
-"""LoRA: finetune a large model by training a small low-rank update next to each frozen weight.
+"""LoRA: finetune a large model by training a small low-rank update next to each frozen weight (lecture 06).
 
 A linear layer computes ``h = W0 x`` with a weight ``W0`` of shape (d, k) (``d`` outputs, ``k``
 inputs). Full finetuning learns a change ``dW`` of the same shape: ``d * k`` numbers per layer.
@@ -20,7 +20,7 @@ the transposes of the paper's matrices: ``LoRALayer.A`` is (k, r) = (in_dim, ran
 Typical use, on a GPTModel whose pretrained weights are already loaded::
 
     apply_lora(model, rank=16, alpha=16)                # freeze everything, wrap every nn.Linear
-    print(trainable_parameter_report(model)["text"])
+    print(parameter_report(model)["text"])              # helpers.model: how many train, LoRA among them
     ... train: only the LoRA matrices change ...
     save_lora("spam_lora.pt", model)                    # a few MB instead of the whole model
     merge_lora(model)                                    # plain nn.Linear layers again, for inference
@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from .checkpoints import atomic_torch_save, read_torch_file
 
 FORMAT = "llm-lectures-lora/1"
 
@@ -44,7 +45,7 @@ ATTENTION_TARGETS = ("W_query", "W_key", "W_value", "out_proj")
 
 
 class LoRALayer(nn.Module):
-    """The trainable low-rank update ``x -> (alpha / rank) * x @ A @ B`` of one linear layer.
+    """The trainable low-rank update ``x -> (alpha / rank) * x @ A @ B`` of one linear layer (lecture 06).
 
     * ``A`` (in_dim x rank) is initialised the way ``nn.Linear`` initialises its weight
       (Kaiming-uniform with ``a = sqrt(5)``, i.e. uniform in ``±1 / sqrt(in_dim)``), as Hugging Face
@@ -65,7 +66,12 @@ class LoRALayer(nn.Module):
     is roughly tuning the learning rate). A learning rate tuned for the course's code is therefore
     too small for this one. We keep the paper's and ``peft``'s convention so that ranks, alphas and
     learning rates can be compared with ``peft`` and the literature.
+
+    ``helpers.model.parameter_report`` counts its parameters as LoRA ones: it looks for the marker
+    attribute ``is_lora_update`` (``helpers.model.LORA_MARKER``).
     """
+
+    is_lora_update = True  # the marker helpers.model.parameter_report looks for
 
     def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, device=None, dtype=None):
         super().__init__()
@@ -96,7 +102,7 @@ class LoRALayer(nn.Module):
 
 
 class LinearWithLoRA(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable :class:`LoRALayer`: ``linear(x) + lora(x)``.
+    """A frozen ``nn.Linear`` plus a trainable :class:`LoRALayer`: ``linear(x) + lora(x)`` (lecture 06).
 
     The wrapped layer's parameters are frozen here (``requires_grad = False``); the LoRA matrices
     are created on the layer's device and with its dtype. ``weight``, ``bias``, ``in_features`` and
@@ -182,7 +188,9 @@ def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | Iterable[str] = "all",
                trainable: str | Iterable[str] = ()) -> nn.Module:
-    """Freeze ``model`` and wrap the selected ``nn.Linear`` layers with LoRA, in place. Returns ``model``.
+    """Freeze ``model`` and wrap the selected ``nn.Linear`` layers with LoRA, in place (lecture 06).
+
+    Returns ``model``.
 
     ``targets`` chooses the layers by module name:
 
@@ -255,18 +263,18 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | Iterabl
 
 
 def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
-    """The course's name: freeze ``model`` and wrap every ``nn.Linear`` (``apply_lora(..., "all")``)."""
+    """The course's name: freeze ``model`` and wrap every ``nn.Linear`` (``apply_lora(..., "all")``; lecture 06)."""
     return apply_lora(model, rank, alpha, targets="all")
 
 
 def lora_layers(model: nn.Module) -> dict[str, LinearWithLoRA]:
-    """The wrapped layers of ``model`` by module name."""
+    """The wrapped layers of ``model`` by module name (lecture 06)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LinearWithLoRA)}
 
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update into its base weight, in place: the model holds plain ``nn.Linear`` again.
+    """Fold every LoRA update into its base weight, in place: plain ``nn.Linear`` layers again (lecture 06).
 
     The merged model computes the same outputs (up to float rounding) without the extra matrix
     products. Returns ``model``. Save the LoRA weights first if you want to keep them separately.
@@ -282,35 +290,18 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def lora_parameter_count(d: int, k: int, r: int) -> int:
-    """Trainable numbers of a rank-``r`` LoRA update of a (d x k) weight: ``r * (d + k)`` (vs ``d * k``)."""
-    return r * (d + k)
+    """Trainable numbers of a rank-``r`` LoRA update of a (d x k) weight: ``r * (d + k)`` (vs ``d * k``).
 
-
-def trainable_parameter_report(model: nn.Module) -> dict:
-    """How many parameters train: ``total``, ``trainable``, ``lora``, ``fraction`` and a readable ``text``.
-
-    ``total`` counts every parameter, the LoRA matrices included; ``lora`` counts the trainable
-    parameters that belong to LoRA layers (the rest of ``trainable`` are fully trained modules).
+    Lecture 06 counts with it; ``helpers.model.parameter_report`` counts a whole wrapped model.
     """
-    lora_ids = {id(p) for m in model.modules() if isinstance(m, LoRALayer) for p in m.parameters()}
-    total = trainable = lora = 0
-    for p in model.parameters():
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-            lora += p.numel() if id(p) in lora_ids else 0
-    fraction = trainable / total if total else 0.0
-    text = f"trainable parameters: {trainable:,} of {total:,} ({100 * fraction:.2f}%)"
-    if lora and lora != trainable:
-        text += f"; LoRA {lora:,}, fully trained modules {trainable - lora:,}"
-    return {"total": total, "trainable": trainable, "lora": lora, "fraction": fraction, "text": text}
+    return r * (d + k)
 
 
 # ------------------------------------------------------------------------------- saving and loading
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What finetuning changed: every LoRA ``A`` and ``B``, and every other parameter that trains.
+    """What finetuning changed: every LoRA ``A`` and ``B``, and every other parameter that trains (lecture 06).
 
     Keys are the model's own parameter names (``trf_blocks.0.att.W_query.lora.A``, ``out_head.weight``
     for a fully trained head, ...); the frozen base weights are left out.
@@ -327,32 +318,26 @@ def _layer_settings(model: nn.Module) -> dict[str, dict]:
 
 
 def save_lora(path: str | Path, model: nn.Module) -> Path:
-    """Save only the LoRA weights (and fully trained modules) of ``model``, atomically.
+    """Save only the LoRA weights (and fully trained modules) of ``model``, atomically (lecture 06).
 
-    The file also records each layer's rank and alpha, which :func:`load_lora` checks.
+    The file also records each layer's rank and alpha, which :func:`load_lora` checks. It is written
+    through ``helpers.files`` (a complete file or none); the folder is created when missing.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "state": {name: t.cpu().clone() for name, t in lora_state_dict(model).items()},
         "layers": _layer_settings(model),
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 @torch.no_grad()
 def load_lora(path: str | Path, model: nn.Module) -> nn.Module:
     """Load weights saved by :func:`save_lora` into ``model``, prepared with the same ``apply_lora`` call.
 
-    Checks that the file and the model hold the same LoRA layers, with the same rank, alpha and
-    shapes, before changing anything. Returns ``model``.
+    Lecture 06 teaches it. Checks that the file and the model hold the same LoRA layers, with the same
+    rank, alpha and shapes, before changing anything. Returns ``model``.
     """
-    from .checkpoints import read_torch_file
-
     payload = read_torch_file(path, FORMAT, "LoRA weights", "helpers.lora.save_lora")
 
     expected = lora_state_dict(model)
@@ -380,6 +365,6 @@ def load_lora(path: str | Path, model: nn.Module) -> nn.Module:
 
 __all__ = [
     "ATTENTION_TARGETS", "LoRALayer", "LinearWithLoRA", "apply_lora", "replace_linear_with_lora",
-    "lora_layers", "merge_lora", "lora_parameter_count", "trainable_parameter_report", "lora_state_dict",
+    "lora_layers", "merge_lora", "lora_parameter_count", "lora_state_dict",
     "save_lora", "load_lora",
 ]

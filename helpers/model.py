@@ -389,26 +389,96 @@ def context_length(model: nn.Module) -> int:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (only those that train with ``trainable_only``). Lecture 02 counts parameters."""
+    """All parameters of ``model`` (or only those that train), padding included (lectures 02-06)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def parameter_report(model: GPTModel) -> dict:
-    """Total parameters, and the count GPT-2 reports, which shares ``out_head`` with ``tok_emb``.
+# A module with this attribute set to True is a LoRA update (helpers.lora.LoRALayer sets it): its
+# parameters are counted as "lora" below. A marker, so that this module need not import helpers.lora.
+LORA_MARKER = "is_lora_update"
 
-    Lecture 02 (162M vs 124M), lectures 03, 04 and 06.
 
-    With a padded vocabulary (:func:`pad_vocab`) the zero padding rows are left out of both counts.
+def _vocab_padding(model: nn.Module) -> dict[int, int]:
+    """Numbers in zero padding rows (:func:`pad_vocab`), by ``id`` of the parameter that holds them."""
+    cfg = getattr(model, "cfg", None)
+    if not (isinstance(cfg, dict) and "vocab_size" in cfg):
+        return {}
+    padding = {}
+    for name in ("tok_emb", "out_head"):
+        weight = getattr(getattr(model, name, None), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] > cfg["vocab_size"]:
+            padding[id(weight)] = (weight.shape[0] - cfg["vocab_size"]) * weight.shape[1]
+    return padding
+
+
+def _module_of(name: str) -> str:
+    """The module a parameter belongs to, for reports: ``trf_blocks.11``, ``final_norm``, ``out_head``..."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "trf_blocks" and len(parts) > 2 else parts[0]
+
+
+def _short(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def parameter_report(model: nn.Module) -> dict:
+    """How many parameters ``model`` has and how many of them train (lectures 02, 03, 04 and 06).
+
+    * ``total``: every parameter, LoRA matrices included, without the zero rows of a padded
+      vocabulary (:func:`pad_vocab`), so padding never changes the counts;
+    * ``trainable`` (``requires_grad``), and ``fraction`` = trainable / total;
+    * ``lora``: the trainable parameters inside LoRA layers (lecture 06; 0 without LoRA). The rest
+      of ``trainable`` belongs to fully trained modules, such as a new classification head;
+    * ``with_weight_tying``: for a GPT language model, the count when ``out_head`` shares its matrix
+      with ``tok_emb``, as GPT-2 does (163M -> the "124M" of GPT-2 small); ``None`` for a model without
+      a vocabulary-sized output layer (a classifier);
+    * ``size_mb_float32``: memory for ``total`` parameters at 4 bytes each;
+    * ``trainable_names`` and ``trainable_modules`` (``trf_blocks.11``, ``final_norm``, ``out_head``...):
+      where the trainable parameters are;
+    * ``text``: all of it in one readable line.
+
+    Works on any ``nn.Module``, also on the ``meta`` device (counting needs no memory).
     """
-    padding_rows = model.tok_emb.num_embeddings - model.cfg["vocab_size"]
-    head_padding = max(model.out_head.weight.shape[0] - model.cfg["vocab_size"], 0)
-    padding = (padding_rows + head_padding) * model.cfg["emb_dim"]
-    total = count_parameters(model) - padding
-    tied = total - model.out_head.weight[: model.cfg["vocab_size"]].numel()
+    padding = _vocab_padding(model)
+    lora_ids = {id(p) for m in model.modules() if getattr(m, LORA_MARKER, False) for p in m.parameters()}
+    total = trainable = lora = 0
+    names, modules, fully_trained = [], [], []
+    for name, p in model.named_parameters():
+        n = p.numel() - padding.get(id(p), 0)
+        total += n
+        if p.requires_grad:
+            trainable += n
+            lora += n if id(p) in lora_ids else 0
+            names.append(name)
+            if _module_of(name) not in modules:
+                modules.append(_module_of(name))
+            if id(p) not in lora_ids and _module_of(name) not in fully_trained:
+                fully_trained.append(_module_of(name))
+    fraction = trainable / total if total else 0.0
+
+    tied = None
+    cfg, head = getattr(model, "cfg", None), getattr(model, "out_head", None)
+    head_weight = getattr(head, "weight", None)
+    if isinstance(cfg, dict) and "vocab_size" in cfg and isinstance(head_weight, torch.Tensor) \
+            and head_weight.dim() == 2 and head_weight.shape[0] >= cfg["vocab_size"]:
+        tied = total - cfg["vocab_size"] * head_weight.shape[1]
+
+    size_mb = total * 4 / 1024**2
+    text = f"{total:,} parameters" + (f" ({tied:,} with weight tying)" if tied is not None else "")
+    text += f", {size_mb:,.1f} MB in float32; "
+    if trainable == total:
+        text += "all of them trainable"
+    else:
+        text += f"trainable: {trainable:,} of {total:,} ({100 * fraction:.2f}%)"
+        if lora:
+            text += f": LoRA {lora:,}"
+            if trainable > lora:
+                text += f", fully trained {trainable - lora:,} in {_short(fully_trained)}"
+        else:
+            text += f" in {_short(modules) or 'nothing'}"
     return {
-        "total": total,
-        "with_weight_tying": tied,
-        "size_mb_float32": total * 4 / 1024**2,
+        "total": total, "trainable": trainable, "fraction": fraction, "lora": lora, "with_weight_tying": tied,
+        "size_mb_float32": size_mb, "trainable_names": names, "trainable_modules": modules, "text": text,
     }
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from helpers import lora
-from helpers.model import GPTModel, get_config
+from helpers.model import LORA_MARKER, GPTModel, get_config, parameter_report
 
 RANK, ALPHA = 4, 8  # alpha != rank, so a wrong scaling (alpha alone) would show
 
@@ -58,7 +58,7 @@ def test_lora_layer_initialisation_and_formula():
 def test_lora_parameter_count_matches_lecture_example():
     assert lora.lora_parameter_count(1000, 1000, 2) == 4_000
     layer = lora.LinearWithLoRA(nn.Linear(1000, 1000, bias=False), rank=2, alpha=2)
-    report = lora.trainable_parameter_report(layer)
+    report = parameter_report(layer)
     assert report["trainable"] == 4_000 and report["total"] == 1_004_000
     assert "4,000" in report["text"]
 
@@ -147,14 +147,22 @@ def test_trainable_counts_equal_the_formula():
     per_block = 4 * lora.lora_parameter_count(d, d, RANK) + 2 * lora.lora_parameter_count(4 * d, d, RANK)
     model = tiny_model()
     total_base = sum(p.numel() for p in model.parameters())
-    report = lora.trainable_parameter_report(lora.apply_lora(model, RANK, ALPHA))
+    report = parameter_report(lora.apply_lora(model, RANK, ALPHA))
     expected = n * per_block + lora.lora_parameter_count(v, d, RANK)
     assert report["trainable"] == report["lora"] == expected
     assert report["total"] == total_base + expected
     assert report["fraction"] == pytest.approx(expected / (total_base + expected))
 
-    attention_only = lora.trainable_parameter_report(lora.apply_lora(tiny_model(), RANK, ALPHA, "attention"))
+    attention_only = parameter_report(lora.apply_lora(tiny_model(), RANK, ALPHA, "attention"))
     assert attention_only["trainable"] == n * 4 * lora.lora_parameter_count(d, d, RANK)
+
+
+def test_lora_layers_carry_the_marker_the_parameter_report_counts():
+    assert getattr(lora.LoRALayer(4, 4, rank=1, alpha=1), LORA_MARKER) is True
+    layer = lora.LinearWithLoRA(nn.Linear(6, 5), rank=2, alpha=2)
+    report = parameter_report(layer)
+    assert report["lora"] == report["trainable"] == 2 * (6 + 5)
+    assert report["trainable_modules"] == ["lora"] and "LoRA 22" in report["text"]
 
 
 def test_fully_trainable_classification_head():
@@ -165,7 +173,7 @@ def test_fully_trainable_classification_head():
     assert all(p.requires_grad for p in model.out_head.parameters())
     assert all(p.requires_grad for p in model.final_norm.parameters())
     assert not model.tok_emb.weight.requires_grad
-    report = lora.trainable_parameter_report(model)
+    report = parameter_report(model)
     assert report["trainable"] - report["lora"] == 2 * 32 + 2 + 2 * 32
     model(tokens())[:, -1, :].sum().backward()
     assert model.out_head.weight.grad is not None and model.tok_emb.weight.grad is None
@@ -177,8 +185,8 @@ def test_course_parameter_counts_for_gpt2_on_meta_device():
         small = GPTModel(get_config("gpt2-small"))
         small.out_head = nn.Linear(768, 2)
         medium = GPTModel(get_config("gpt2-medium"))
-    assert lora.trainable_parameter_report(lora.apply_lora(small, 16, 16))["trainable"] == 2_666_528
-    assert lora.trainable_parameter_report(lora.apply_lora(medium, 16, 16))["trainable"] == 7_898_384
+    assert parameter_report(lora.apply_lora(small, 16, 16))["trainable"] == 2_666_528
+    assert parameter_report(lora.apply_lora(medium, 16, 16))["trainable"] == 7_898_384
 
 
 def test_works_on_any_module():

@@ -25,6 +25,52 @@ def test_parameter_counts_course_and_gpt2():
     assert M.parameter_report(small)["with_weight_tying"] == 124_439_808  # GPT-2's "124M"
 
 
+def test_parameter_report_of_a_language_model():
+    with torch.device("meta"):
+        small = M.GPTModel(M.get_config("gpt2-small"))
+    report = M.parameter_report(small)
+    assert report["trainable"] == report["total"] == 163_037_184 and report["fraction"] == 1.0
+    assert report["lora"] == 0 and report["size_mb_float32"] == pytest.approx(163_037_184 * 4 / 2**20)
+    assert report["trainable_modules"] == ["tok_emb", "pos_emb", *[f"trf_blocks.{i}" for i in range(12)],
+                                           "final_norm", "out_head"]
+    assert report["text"] == ("163,037,184 parameters (124,439,808 with weight tying), 621.9 MB in float32; "
+                              "all of them trainable")
+
+
+def test_parameter_report_of_a_partly_frozen_classifier():
+    torch.manual_seed(0)
+    model = M.GPTModel(M.get_config("tiny"))
+    model.out_head = torch.nn.Linear(32, 2)
+    model.requires_grad_(False)
+    model.out_head.requires_grad_(True)
+    model.final_norm.requires_grad_(True)
+    report = M.parameter_report(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert report["total"] == total and report["trainable"] == 2 * 32 + 2 + 2 * 32
+    assert report["fraction"] == pytest.approx(report["trainable"] / total)
+    assert report["with_weight_tying"] is None  # a 2-class head shares nothing with tok_emb
+    assert report["trainable_names"] == ["final_norm.scale", "final_norm.shift", "out_head.weight", "out_head.bias"]
+    assert report["text"].endswith(f"trainable: 130 of {total:,} ({100 * 130 / total:.2f}%) in final_norm, out_head")
+
+
+def test_parameter_report_counts_marked_modules_as_lora():
+    """helpers.model knows LoRA layers only by their marker attribute (it does not import helpers.lora)."""
+
+    class Update(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A = torch.nn.Parameter(torch.zeros(3, 2))
+
+    marked = Update()
+    setattr(marked, M.LORA_MARKER, True)
+    net = torch.nn.ModuleDict({"base": torch.nn.Linear(3, 3).requires_grad_(False), "lora_part": marked,
+                               "head": torch.nn.Linear(3, 1), "plain": Update()})
+    report = M.parameter_report(net)
+    assert (report["total"], report["trainable"], report["lora"]) == (12 + 6 + 4 + 6, 6 + 4 + 6, 6)
+    assert report["text"].endswith("LoRA 6, fully trained 10 in head, plain")
+    assert report["with_weight_tying"] is None
+
+
 @pytest.mark.parametrize("name,layers,heads,emb", [("gpt2-medium", 24, 16, 1024), ("1558M", 48, 25, 1600)])
 def test_presets(name, layers, heads, emb):
     cfg = M.get_config(name)

@@ -9,7 +9,7 @@ import torch
 
 from helpers import model as M
 from helpers.checkpoints import load_checkpoint, save_checkpoint
-from helpers.classification import add_classification_head
+from helpers.classifier import add_classification_head
 from helpers.generation import generate
 from helpers.losses import calc_loss_batch
 from helpers.perf import FastPath, make_optimizer, prepare_model
