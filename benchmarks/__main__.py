@@ -79,7 +79,8 @@ def _build(spec):
 def measure(spec: dict) -> dict:
     """Run one measurement described by ``spec`` in this process and return its result."""
     torch, M, device, options, cfg, model, run_model = _build(spec)
-    from helpers.perf import autocast, make_optimizer
+    from helpers.perf import autocast
+    from helpers.training import make_optimizer
 
     batch, seq = spec.get("batch", 2), spec.get("seq", cfg["context_length"])
     x = torch.randint(0, cfg["vocab_size"], (batch, seq), device=device)

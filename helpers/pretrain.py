@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import data, runtime
 from .losses import calc_loss_batch, calc_loss_loader
 from .model import GPTModel, get_config
-from .perf import FastPath, autocast, make_optimizer, prepare_model
+from .perf import FastPath, autocast, prepare_model
 from .tokenizer import get_tokenizer
+from .training import make_optimizer
 
 
 def parse_args(argv=None):
