@@ -130,6 +130,21 @@ def test_prepare_model_and_the_training_loop_leave_tf32_alone():
     assert seen == [True, True] and _tf32_flags() == before
 
 
+def test_a_benchmark_measurement_is_a_typed_record():
+    from benchmarks.__main__ import Measurement, Spec, measure
+
+    spec = Spec(kind="train", name="train, tiny", path="fast", device="cpu", config="tiny",
+                overrides={"vocab_size": 256}, steps=1, warmup=0)
+    before = _tf32_flags()
+    result = measure(spec)
+    assert isinstance(result, Measurement) and result.spec == spec and result.tokens_per_s > 0
+    assert result.seconds > 0 and result.achieved_tflops > 0 and result.mfu is None
+    assert Measurement.from_dict(json.loads(json.dumps(result.as_dict()))) == result
+    assert _tf32_flags() == before
+    with pytest.raises(ValueError, match="kind"):
+        Spec(kind="inference", name="x", path="fast", device="cpu", config="tiny")
+
+
 def test_peak_memory_sees_a_large_allocation():
     from helpers.perf import PeakMemory
 
