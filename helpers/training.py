@@ -377,7 +377,7 @@ def rng_state(loader=None) -> dict:
     _, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],  # unused CUDA: nothing drawn
         "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,
         "python": [version, list(internal), gauss],
         "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
