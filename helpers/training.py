@@ -506,27 +506,9 @@ def train_loop(
     ``max_steps``, ``checkpoint_every``/``checkpoint_path``, ``resume_from``, DDP) are described in the
     module's docstring; all are off by default.
 
-    The classification lecture's ``train_classifier_simple`` is such a wrapper: it counts examples
-    instead of tokens and records the accuracies after each epoch (``calc_loss_batch`` and
-    ``calc_loss_loader`` there are the last-token versions, ``calc_accuracy_loader`` its accuracy)::
-
-        def train_classifier_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
-                                    eval_freq, eval_iter, **kwargs):
-            def record_accuracy(epoch, history):
-                for split, loader in (("train", train_loader), ("val", val_loader)):
-                    accuracy = calc_accuracy_loader(loader, model, device, num_batches=eval_iter)
-                    history.extra.setdefault(f"{split}_acc", []).append(accuracy)
-                print(f"Training accuracy: {history.extra['train_acc'][-1] * 100:.2f}% | "
-                      f"Validation accuracy: {history.extra['val_acc'][-1] * 100:.2f}%")
-
-            return train_loop(model, train_loader, val_loader, optimizer, device, num_epochs,
-                              eval_freq, eval_iter, loss_fn=calc_loss_batch,
-                              eval_loss_fn=calc_loss_loader, count_fn=lambda x, y: x.shape[0],
-                              seen_unit="examples", on_epoch_end=record_accuracy, **kwargs)
-
-    and its history gives the course's five return values: ``history.train_losses``,
-    ``history.val_losses``, ``history.extra["train_acc"]``, ``history.extra["val_acc"]`` and
-    ``history.total_seen``.
+    Lecture 04's ``helpers.classifier.train_classifier_simple`` is such a wrapper: it passes the
+    last-token losses, counts examples instead of tokens and records the accuracies after each epoch
+    in ``history.extra`` (read its source for the dozen lines).
     """
     _check_settings(eval_freq, eval_iter, grad_accum, max_steps, checkpoint_every, checkpoint_path)
     count_fn = count_fn or count_tokens
