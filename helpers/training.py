@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, save_checkpoint
@@ -267,6 +268,12 @@ def count_steps(num_batches: int, num_epochs: int, grad_accum: int = 1, max_step
     A step takes ``grad_accum`` micro-batches; an incomplete group at the end of an epoch is skipped.
     ``max_steps`` caps the total. Raises a ValueError when not one step fits.
     """
+    if num_batches == 0:
+        raise ValueError(
+            "The training loader has no batches at all, so there is nothing to train on. Usually the batch "
+            "size is larger than the training data and the loader drops incomplete batches (drop_last=True): "
+            "use a smaller batch_size (or a shorter context), or more data."
+        )
     steps_per_epoch = num_batches // grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
@@ -454,7 +461,14 @@ def load_training_checkpoint(path: str | Path, model, optimizer, plan: BatchPlan
 # ------------------------------------------------------------------------------------ the loop
 
 
-def _check_settings(eval_freq, eval_iter, grad_accum, max_steps, checkpoint_every, checkpoint_path) -> None:
+def _check_settings(eval_freq, eval_iter, grad_accum, max_steps, checkpoint_every, checkpoint_path,
+                    num_epochs=1, val_loader=None) -> None:
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}.")
+    if isinstance(val_loader, DataLoader) and len(val_loader) == 0:
+        raise ValueError("The validation loader has no batches, so every evaluation would report nan. The "
+                         "validation split is probably shorter than one batch (or one context window): use a "
+                         "smaller batch_size or context_length, or a larger validation share.")
     if eval_freq < 1 or (eval_iter is not None and eval_iter < 1):
         raise ValueError(f"eval_freq and eval_iter must be at least 1, got {eval_freq} and {eval_iter}.")
     if grad_accum < 1 or (max_steps is not None and max_steps < 1):
@@ -510,7 +524,8 @@ def train_loop(
     last-token losses, counts examples instead of tokens and records the accuracies after each epoch
     in ``history.extra`` (read its source for the dozen lines).
     """
-    _check_settings(eval_freq, eval_iter, grad_accum, max_steps, checkpoint_every, checkpoint_path)
+    _check_settings(eval_freq, eval_iter, grad_accum, max_steps, checkpoint_every, checkpoint_path,
+                    num_epochs, val_loader)
     count_fn = count_fn or count_tokens
     plan = BatchPlan(train_loader, num_epochs, grad_accum, max_steps, progress)
     history = History(config=dict(config or {}), seen_unit=seen_unit)

@@ -420,3 +420,18 @@ def test_resume_refuses_files_it_cannot_continue(tmp_path):
                progress=False, verbose=False)
     with pytest.raises(ValueError, match="grad_accum 1"):
         train_loop(model, train, train, optimizer, "cpu", 1, 1, 1, grad_accum=2, resume_from=tmp_path / "s.pt")
+
+
+def test_empty_loaders_and_bad_epochs_are_refused_with_advice(tiny):
+    """The classic pitfall: a batch larger than the split with drop_last gives a loader of no batches."""
+    windows = Windows(3)
+    empty = DataLoader(windows, batch_size=8, drop_last=True)
+    full = DataLoader(windows, batch_size=1)
+    opt = torch.optim.AdamW(tiny.parameters())
+    with pytest.raises(ValueError, match="training loader has no batches.*smaller batch_size"):
+        train_loop(tiny, empty, full, opt, "cpu", 1, 1, 1, progress=False, verbose=False)
+    with pytest.raises(ValueError, match="validation loader has no batches"):
+        train_loop(tiny, full, empty, opt, "cpu", 1, 1, 1, progress=False, verbose=False)
+    for epochs in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="num_epochs must be a whole number"):
+            train_loop(tiny, full, full, opt, "cpu", epochs, 1, 1, progress=False, verbose=False)
