@@ -206,6 +206,8 @@ def _fetch_once(url: str, part: Path, *, size: int | None, limit: int | None, ti
         if err.code == 416 and offset:  # range not satisfiable: the partial file is stale
             _remove(part)
         raise
+    except ValueError as err:  # urllib's word for a malformed or unsupported URL
+        raise _NextURL(f"not a URL we can download from ({err})") from err
     with response:
         if offset and (response.status != 206 or _range_start(response) != offset):
             offset = 0  # the server ignored the range (or answered another one): start again
