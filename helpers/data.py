@@ -363,6 +363,8 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt: str, tokenizer, max_length: int, stride: int):
+        if not isinstance(txt, str):
+            raise TypeError(f"GPTDatasetV1 needs the text as a str, got {type(txt).__name__}.")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}.")
         token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
