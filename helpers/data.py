@@ -31,8 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .download import CHUNK, DownloadError, IntegrityError, copy_verified, download, verify_file
-from .files import atomic_write, commit_part, describe_read_error, explain_write_error, read_error
+from .download import CHUNK, DownloadError, IntegrityError, copy_verified, download, folder_lock, verify_file
+from .files import atomic_write, commit_part, describe_read_error, explain_write_error, part_path, read_error
 from .tokenizer import get_tokenizer
 
 
@@ -291,9 +291,13 @@ def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
         # (the check leaves it unpacked in ``staging``); a broken archive moves on to the next URL.
         download(entry.urls, archive, check=_member_check(entry, staging), max_bytes=entry.max_bytes,
                  progress=progress)
-        commit_part(staging / entry.zip_member, dest)
-    finally:
-        archive.unlink(missing_ok=True)
+        try:
+            commit_part(staging / entry.zip_member, dest)
+        except OSError as err:
+            raise explain_write_error(dest, err) from err
+    finally:  # the zip is small: no partial copy of it is kept for resuming
+        for leftover in (archive, part_path(archive)):
+            leftover.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return dest
 
@@ -309,6 +313,13 @@ def fetch(name: str, progress: bool = True) -> Path:
     dest = data_dir() / entry.filename
     if dest.is_file() and _problem(entry, dest) is None:
         return dest
+    with folder_lock(dest.parent, entry.filename):  # one process at a time fetches into the cache
+        return _fetch_locked(entry, dest, progress)
+
+
+def _fetch_locked(entry: DataFile, dest: Path, progress: bool) -> Path:
+    if dest.is_file() and _problem(entry, dest) is None:
+        return dest  # another process fetched it while we waited
     for stale in (dest, dest.with_name(dest.name + ".sha256")):  # .sha256: written by earlier versions
         try:
             stale.unlink(missing_ok=True)  # a damaged cached copy is never used or kept

@@ -22,22 +22,33 @@ Guarantees:
   wrong number of bytes, is not asked again: the next URL is tried.
 * A local failure (disk full, no permission) stops at once with :class:`helpers.files.WriteError`,
   which says so: another URL would not help.
+* Two processes (two notebooks, say) never write the same ``.part``: a download holds a lock on its
+  folder (:func:`folder_lock`), and the second one waits, then finds the file done.
 * When every URL fails, :class:`DownloadError` names the file, each URL tried and why it failed,
   and where a manually downloaded copy can be put.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import os
 import shutil
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; downloads there are not guarded against a second process
+    fcntl = None
 
 from .files import WriteError, atomic_write, commit_part, explain_write_error, part_path, read_error
 
@@ -79,6 +90,46 @@ def default_deadline(expected_bytes: int | None) -> float:
     About 70 s for lecture 04's half-megabyte SMS data, 2.8 hours for GPT-2 124M's 500 MB.
     """
     return BASE_DEADLINE + (expected_bytes if expected_bytes is not None else UNKNOWN_SIZE) / MIN_RATE
+
+
+_held_locks: dict[str, int] = {}  # folder -> how many times this process holds its lock
+_held_guard = threading.RLock()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str = "a file") -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while downloading into it (lectures 01-06's caches).
+
+    A second process that wants the lock says that it waits, and waits; the kernel frees the lock
+    when its holder ends, even by SIGKILL. The same process may take it again (nested calls). A
+    no-op where the platform has no ``fcntl`` (Windows).
+    """
+    key = os.path.realpath(folder)
+    with _held_guard:
+        if fcntl is None or _held_locks.get(key):
+            _held_locks[key] = _held_locks.get(key, 0) + 1
+            fd = None
+        else:
+            fd = os.open(key, os.O_RDONLY)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print(f"Waiting for another process that is downloading into {key} ({what})...", file=sys.stderr)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            _held_locks[key] = 1
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held_locks[key] -= 1
+            if not _held_locks[key]:
+                del _held_locks[key]
+            if fd is not None:
+                os.close(fd)  # closing the descriptor releases the lock
 
 
 def one_line(err: BaseException, limit: int = 240) -> str:
@@ -279,14 +330,23 @@ def download(
     dest = Path(dest)
     limit = size if size is not None else max_bytes
     deadline = default_deadline(limit) if deadline is None else deadline
-    if dest.exists():
-        if is_valid(dest, sha256, size, check):
-            return dest
-        _remove(dest)  # a damaged cached copy is replaced, never trusted
+    if dest.is_file() and is_valid(dest, sha256, size, check):
+        return dest
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise explain_write_error(dest.parent, err) from err
+    with folder_lock(dest.parent, dest.name):
+        return _download_locked(urls, dest, sha256, size, check, limit, deadline, retries, timeout, backoff,
+                                progress)
+
+
+def _download_locked(urls, dest, sha256, size, check, limit, deadline, retries, timeout, backoff, progress) -> Path:
+    """:func:`download`'s work, done while holding the lock on ``dest``'s folder."""
+    if dest.exists():
+        if is_valid(dest, sha256, size, check):
+            return dest  # another process finished it while we waited
+        _remove(dest)  # a damaged cached copy is replaced, never trusted
     part = part_path(dest)
     failures: list[str] = []
     for url in urls:

@@ -28,9 +28,11 @@ from safetensors.numpy import load_file as load_safetensors
 
 from .files import (
     ReadError,
+    WriteError,
     atomic_write,
     atomic_write_json,
     describe_read_error,
+    explain_write_error,
     fsync_dir,
     fsync_file,
     part_path,
@@ -279,6 +281,16 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
     tf = _import_tensorflow()
     folder = Path(folder)
     tmp = part_path(folder)
+    try:
+        _write_openai_layout(tf, folder, tmp, settings, params)
+    except (OSError, tf.errors.OpError) as err:  # TensorFlow reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise (err if isinstance(err, WriteError) else explain_write_error(folder, err)) from err
+    return folder
+
+
+def _write_openai_layout(tf, folder: Path, tmp: Path, settings: dict, params: dict) -> None:
+    """:func:`write_openai_checkpoint`'s steps: build in ``tmp``, flush, then swap it in for ``folder``."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     flat = _flatten(params)
@@ -310,4 +322,3 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
     os.replace(tmp, folder)
     fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
-    return folder

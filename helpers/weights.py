@@ -24,7 +24,7 @@ import torch
 from . import gpt2_files, runtime
 from .checkpoints import load_checkpoint, pretrained_checkpoint_path
 from .download import one_line
-from .files import explain_write_error
+from .files import WriteError, explain_write_error
 from .gpt2_files import (
     DATA_FILE,
     GPT2_FILES,
@@ -243,9 +243,18 @@ def _stand_in(model_size: str, profile: str, say):
             return (*params_from_model(trained), f"lecture 02's model ({profile} profile)")
         folder = runtime.cache_dir() / "gpt2-local" / f"lecture02-{profile}"
         hparams = folder / "hparams.json"
-        if not (folder / "checkpoint").is_file() or not hparams.is_file() or hparams.stat().st_mtime < ckpt.stat().st_mtime:
-            write_openai_checkpoint(folder, *params_from_model(trained))
-        settings, params = load_openai_checkpoint(folder)
+        try:
+            if not (folder / "checkpoint").is_file() or not hparams.is_file() or hparams.stat().st_mtime < ckpt.stat().st_mtime:
+                write_openai_checkpoint(folder, *params_from_model(trained))
+            try:
+                settings, params = load_openai_checkpoint(folder)
+            except CheckpointReadError:  # a damaged copy is written again, never trusted
+                write_openai_checkpoint(folder, *params_from_model(trained))
+                settings, params = load_openai_checkpoint(folder)
+        except (WriteError, CheckpointReadError) as err:  # a full disk, or a damaged copy: the model itself will do
+            say(f"Using lecture 02's model instead, taken straight from the model: its copy in OpenAI's layout "
+                f"could not be written or read ({one_line(err, 300)}).")
+            return (*params_from_model(trained), f"lecture 02's model ({profile} profile)")
         say(f"Using lecture 02's model instead: written in OpenAI's checkpoint layout to {folder} and read "
             "back with the same code that reads GPT-2.")
         return settings, params, f"lecture 02's model ({profile} profile) in OpenAI's checkpoint layout"

@@ -341,3 +341,26 @@ def test_sigkill_then_a_changed_file_discards_the_part(http_server, tmp_path):
     http_server.routes["/f"] = (200, other, {})
     new_digest = hashlib.sha256(other).hexdigest()
     assert fetch(paths(http_server, "/f"), dest, sha256=new_digest).read_bytes() == other
+
+
+# ------------------------------------------------------------------------------- two processes at once
+
+
+def test_two_processes_downloading_the_same_file_wait_for_each_other(http_server, tmp_path):
+    """Without the lock both would append to one .part; with it the second waits and finds the file done."""
+    http_server.routes["/slow"] = (200, BODY, {"trickle": (4096, 0.03)})  # ~0.5 s
+    dest = tmp_path / "f.bin"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", CHILD, http_server.url + "/slow", str(dest), DIGEST, str(len(BODY))]
+    children = [subprocess.Popen(args, env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(child.wait(timeout=60), child.stderr.read().decode()) for child in children]
+    assert [code for code, _ in results] == [0, 0], results
+    assert dest.read_bytes() == BODY and sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    assert requested(http_server) == ["/slow"]  # one transfer; the other process waited for it
+    assert any("Waiting for another process" in err for _, err in results)
+
+
+def test_the_folder_lock_can_be_taken_again_by_its_holder(tmp_path):
+    with download.folder_lock(tmp_path), download.folder_lock(tmp_path):
+        pass
+    assert download._held_locks == {}

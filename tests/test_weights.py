@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checkpoints, download, gpt2_files, gpt2_formats, weights
+from helpers import checkpoints, download, files, gpt2_files, gpt2_formats, runtime, weights
 from helpers import model as M
 
 transformers = pytest.importorskip("transformers")
@@ -516,3 +516,47 @@ def test_passing_the_settings_instead_of_the_params_is_named():
         weights.load_weights_into_gpt(model, [1, 2])
     with pytest.raises(ValueError, match="Not GPT-2's settings"):
         weights.config_from_settings({"n_vocab": 50257})
+
+
+@needs_tf
+def test_a_damaged_stand_in_copy_is_written_again(offline, capsys):
+    torch.manual_seed(0)
+    trained = M.GPTModel(M.get_config("tiny")).eval()
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
+    weights.load_base_params("124M", profile="quick", verbose=False)
+    folder = runtime.cache_dir() / "gpt2-local" / "lecture02-quick"
+    _flip(folder / "model.ckpt.index", 40)  # newer than lecture 02's checkpoint, so it would be reused
+    settings, params, source = weights.load_base_params("124M", profile="quick", verbose=False)
+    assert "OpenAI's checkpoint layout" in source
+    np.testing.assert_array_equal(params["wpe"], trained.pos_emb.weight.detach().numpy())
+
+
+@needs_tf
+def test_an_unwritable_stand_in_folder_falls_back_to_the_model_itself(offline, capsys):
+    torch.manual_seed(0)
+    trained = M.GPTModel(M.get_config("tiny")).eval()
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
+    (runtime.cache_dir() / "gpt2-local").write_text("a file where a folder should be")
+    settings, params, source = weights.load_base_params("124M", profile="quick")
+    out = capsys.readouterr().out
+    assert "could not be written or read" in out and "gpt2-local" in out and "Traceback" not in out
+    assert source == "lecture 02's model (quick profile)"
+    np.testing.assert_array_equal(params["wpe"], trained.pos_emb.weight.detach().numpy())
+
+
+@needs_tf
+def test_writing_openai_layout_to_a_full_disk_says_so(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with pytest.raises(files.WriteError, match="disk is full") as err:
+            gpt2_formats.write_openai_checkpoint(mount / "124M", SETTINGS, random_params())
+        assert str(mount / "124M") in str(err.value)
+        assert list(mount.iterdir()) == []  # no half-written folder left
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
