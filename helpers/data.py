@@ -31,7 +31,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .download import CHUNK, DownloadError, IntegrityError, copy_verified, download, folder_lock, verify_file
+from .download import (
+    CHUNK,
+    OFFLINE_HINT,
+    DownloadError,
+    IntegrityError,
+    copy_verified,
+    download,
+    folder_lock,
+    verify_file,
+)
 from .files import atomic_write, commit_part, describe_read_error, explain_write_error, part_path, read_error
 from .tokenizer import get_tokenizer
 
@@ -331,11 +340,20 @@ def _fetch_locked(entry: DataFile, dest: Path, progress: bool) -> Path:
     try:
         return _from_network(entry, dest, progress)
     except DownloadError as err:
-        raise DownloadError(
-            f"{err}\nFor {entry.description}: copy {entry.filename} into {dest.parent} "
-            f"or into the folder named by LECTURES_MIRROR, then rerun.",
-            err.failures,
-        ) from None
+        raise DownloadError(_offline_message(entry, dest, err), err.failures, err.offline) from None
+
+
+def _offline_message(entry: DataFile, dest: Path, err: DownloadError) -> str:
+    """What failed, and the one thing to do about it: where to put a copy fetched by other means."""
+    if entry.zip_member is not None:
+        how = (f"download {entry.urls[0]} elsewhere, take {entry.zip_member} out of the zip, and copy it into "
+               f"{dest.parent}")
+    else:
+        how = f"download {entry.urls[0]} elsewhere and save it as {dest}"
+    return (f"Could not get {entry.filename} ({entry.description}). Tried:\n  - " + "\n  - ".join(err.failures)
+            + (f"\n{OFFLINE_HINT}" if err.offline else "")
+            + f"\nConnect and rerun; or {how} (or into a folder named by LECTURES_MIRROR), then rerun."
+            + (f" Its SHA-256 must be {entry.sha256}." if entry.sha256 else ""))
 
 
 def read_text(name: str) -> str:

@@ -35,6 +35,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -64,12 +65,17 @@ Check = Callable[[Path], "str | None"]  # what is wrong with a file, or None whe
 class DownloadError(RuntimeError):
     """Raised when a file could not be obtained from any source (lectures 01-06 show its message when offline).
 
-    ``failures`` lists each try and why it failed, one line each.
+    ``failures`` lists each URL tried and why it failed, one line each (repeated attempts that failed
+    the same way share a line); ``offline`` is True when no server name could even be looked up.
     """
 
-    def __init__(self, message: str, failures: Sequence[str] = ()):
+    def __init__(self, message: str, failures: Sequence[str] = (), offline: bool = False):
         super().__init__(message)
         self.failures = list(failures)
+        self.offline = offline
+
+
+OFFLINE_HINT = "This machine seems to be offline: no server name could be looked up."
 
 
 class IntegrityError(ValueError):
@@ -225,6 +231,27 @@ def _range_start(response) -> int | None:
     return _header_int(value.removeprefix("bytes ").split("-")[0].strip() or None)
 
 
+def _name_lookup_failed(err: BaseException) -> bool:
+    """Whether ``err`` is urllib's way of saying that a server name could not be looked up (no network)."""
+    return isinstance(err, urllib.error.URLError) and isinstance(getattr(err, "reason", None), socket.gaierror)
+
+
+def _merge(tries: list[tuple[str, int, str]]) -> list[str]:
+    """One line per URL and reason: ``url (attempts 1-3): reason``."""
+    lines: list[tuple[str, list[int], str]] = []
+    for url, attempt, reason in tries:
+        if lines and lines[-1][0] == url and lines[-1][2] == reason:
+            lines[-1][1].append(attempt)
+        else:
+            lines.append((url, [attempt], reason))
+    out = []
+    for url, attempts, reason in lines:
+        which = "" if attempts == [0] else (f" (attempt {attempts[0]})" if len(attempts) == 1
+                                            else f" (attempts {attempts[0]}-{attempts[-1]})")
+        out.append(f"{url}{which}: {reason}")
+    return out
+
+
 def _write_all(handle, part: Path, block: bytes) -> None:
     view = memoryview(block)
     try:
@@ -348,7 +375,8 @@ def _download_locked(urls, dest, sha256, size, check, limit, deadline, retries, 
             return dest  # another process finished it while we waited
         _remove(dest)  # a damaged cached copy is replaced, never trusted
     part = part_path(dest)
-    failures: list[str] = []
+    tries: list[tuple[str, int, str]] = []  # (url, attempt, why it failed); attempt 0: not retried
+    offline = True
     for url in urls:
         for attempt in range(1, retries + 1):
             try:
@@ -360,13 +388,16 @@ def _download_locked(urls, dest, sha256, size, check, limit, deadline, retries, 
             except _NextURL as err:
                 if not err.keep_part:
                     _remove(part)
-                failures.append(f"{url}: {err}")
+                tries.append((url, 0, str(err)))
+                offline = False
                 break
             except IntegrityError as err:
                 _remove(part)
-                failures.append(f"{url} (attempt {attempt}): {err}")
+                tries.append((url, attempt, str(err)))
+                offline = False
             except (OSError, http.client.HTTPException) as err:  # URLError, HTTPError, timeouts, IncompleteRead
-                failures.append(f"{url} (attempt {attempt}): {err}")
+                tries.append((url, attempt, str(err)))
+                offline = offline and _name_lookup_failed(err)
                 if isinstance(err, urllib.error.HTTPError) and err.code < 500 and err.code not in (408, 416, 429):
                     break  # retrying will not make a missing file appear (nor a refused redirect succeed)
             else:
@@ -376,11 +407,14 @@ def _download_locked(urls, dest, sha256, size, check, limit, deadline, retries, 
                     raise explain_write_error(dest, err) from err
             if attempt < retries:
                 time.sleep(backoff * 2 ** (attempt - 1))
+    failures = _merge(tries)
     raise DownloadError(
         f"Could not download {dest.name}. Tried:\n  - "
         + "\n  - ".join(failures)
-        + f"\nIf you are offline, download it elsewhere and put it at {dest}"
+        + (f"\n{OFFLINE_HINT}" if offline else "")
+        + f"\nTo go on without it, download it elsewhere and put it at {dest}"
         + (f" (SHA-256 {sha256})" if sha256 else "")
         + ", or put a copy in the folder named by LECTURES_MIRROR.",
         failures,
+        offline,
     )

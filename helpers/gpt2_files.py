@@ -34,7 +34,7 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 
 from . import runtime
-from .download import USER_AGENT, DownloadError, copy_verified, download, sha256sum
+from .download import OFFLINE_HINT, USER_AGENT, DownloadError, copy_verified, download, sha256sum
 from .files import explain_write_error
 from .gpt2_formats import settings_problem
 from .model import GPT2_SIZES
@@ -226,8 +226,10 @@ def _fetch_file(model_size: str, name: str, dest: Path, progress: bool) -> None:
     except DownloadError as err:
         raise DownloadError(
             f"Could not download {name} of GPT-2 {model_size}. Tried:\n  - " + "\n  - ".join(err.failures)
-            + f"\nIf you are offline, put the file at {dest} or in $LECTURES_MIRROR/gpt2/{model_size}/.",
+            + (f"\n{OFFLINE_HINT}" if err.offline else "")
+            + f"\nTo go on without a network, put the file at {dest} or in $LECTURES_MIRROR/gpt2/{model_size}/.",
             err.failures,
+            err.offline,
         ) from None
 
 

@@ -380,3 +380,21 @@ def test_a_full_disk_while_unpacking_is_a_write_error(http_server, monkeypatch, 
         data.fetch("spam", progress=False)
     assert [r[0] for r in http_server.requests] == ["/first.zip"]  # not retried elsewhere
     assert tree(small_filesystem / "data") == []
+
+
+def test_offline_the_message_says_so_and_what_to_do(monkeypatch, offline_cache, spam_entry):
+    """No name can be looked up: one line per URL (attempts merged), the diagnosis, and where a copy goes."""
+    import socket
+    import urllib.error
+
+    def no_dns(request, timeout=None):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", no_dns)
+    with pytest.raises(download.DownloadError) as err:
+        data.fetch("spam", progress=False)
+    message = str(err.value)
+    assert err.value.offline and download.OFFLINE_HINT in message
+    assert message.count("(attempts 1-3): <urlopen error [Errno -2] Name or service not known>") == 2
+    assert f"take SMS out of the zip, and copy it into {offline_cache}" in message and MEMBER_DIGEST in message
+    assert ".zip," not in message  # no advice to put the zip itself somewhere
