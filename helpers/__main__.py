@@ -37,7 +37,8 @@ def _prefetch(args) -> int:
             failed += 1
             print(f"  GPT-2 {size:5s}      FAILED: {one_line(err)}")
     if failed:
-        print(f"{failed} download(s) failed; rerun when online (finished files are kept, partial ones resume).")
+        print(f"{failed} item(s) failed, each named above. Rerun once the cause is fixed (offline: once online); "
+              "finished files are kept and partial downloads resume.")
     return 1 if failed else 0
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import http.server
 import os
 import threading
-import time
 from pathlib import Path
+from time import sleep  # bound here: tests that stub time.sleep for the downloader keep the trickle
 
 import pytest
 
@@ -90,7 +90,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 for i in range(0, len(payload), step):
                     self.wfile.write(payload[i : i + step])
                     self.wfile.flush()
-                    time.sleep(pause)
+                    sleep(pause)
             else:
                 self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up: fine

@@ -345,7 +345,7 @@ def test_prefetch_reports_each_failure_in_one_line_and_goes_on(http_server, offl
     assert "FAILED: KeyError" in lines["no-such-file"]
     assert "FAILED" not in lines["book-test"] and (offline_cache / "pg0.txt").read_bytes() == BOOK  # went on
     assert "FAILED: ValueError: Unknown GPT-2 size '9000M'" in lines["gpt2"]
-    assert "3 download(s) failed" in out
+    assert "3 item(s) failed" in out
     assert "Traceback" not in out
 
 
