@@ -107,8 +107,9 @@ def folder_lock(folder: str | Path, what: str = "a file") -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` while downloading into it (lectures 01-06's caches).
 
     A second process that wants the lock says that it waits, and waits; the kernel frees the lock
-    when its holder ends, even by SIGKILL. The same process may take it again (nested calls). A
-    no-op where the platform has no ``fcntl`` (Windows).
+    when its holder ends, even by SIGKILL. The same process may take it again (nested calls), so
+    threads of one process are not kept apart by it. A no-op where the platform has no ``fcntl``
+    (Windows).
     """
     key = os.path.realpath(folder)
     with _held_guard:
