@@ -188,7 +188,8 @@ def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
     """
     # Route 1: OpenAI's TensorFlow checkpoint (the cache, the mirror folder, OpenAI, the backup).
     if not tensorflow_available():
-        problems.append("OpenAI's checkpoint: TensorFlow is not installed (pip install tensorflow-cpu)")
+        problems.append("OpenAI's checkpoint: TensorFlow is not installed (optional: `make tensorflow`, "
+                        "or pip install -r requirements-tensorflow.txt)")
     else:
         missing = gpt2_files.missing_gpt2_files(model_size)
         if missing and not allow_download:
