@@ -6,10 +6,14 @@
 With the cache, the prompt is run through the model once; after that each step feeds only the one new
 token, reusing the keys and values of the earlier positions (see ``helpers.model.KVCache``). Without
 it, each step reruns the whole sequence. Both give the same tokens (tested); the cache is just faster.
+Either way ``generate`` asks a ``GPTModel`` for the last position's logits only (``last_only=True``):
+the next token depends on nothing else, and the output head over 50,257 tokens is the largest single
+matrix multiply of a step.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 
@@ -28,6 +32,14 @@ def _is_whole(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _accepts(model, keyword: str) -> bool:
+    """Whether ``model``'s forward takes ``keyword`` (a ``GPTModel``, also compiled, does; a stub may not)."""
+    try:
+        return keyword in inspect.signature(getattr(model, "_orig_mod", model).forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def check_generation_inputs(model, idx, max_new_tokens, context_size) -> None:
@@ -134,13 +146,14 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     if max_new_tokens <= 0:
         return idx
+    last = {"last_only": True} if _accepts(model, "last_only") else {}  # only the logits we read
     with eval_mode(model):
         cache = model.new_kv_cache() if use_cache and hasattr(model, "new_kv_cache") else None
         if cache is not None and idx.shape[1] <= context_size:
-            logits = model(idx, kv_cache=cache)[:, -1, :]
+            logits = model(idx, kv_cache=cache, **last)[:, -1, :]
         else:
             cache = None
-            logits = model(idx[:, -context_size:])[:, -1, :]
+            logits = model(idx[:, -context_size:], **last)[:, -1, :]
         for step in range(max_new_tokens):
             if temperature == 0.0:                                  # greedy (top-k cannot change the argmax)
                 idx_next = torch.argmax(logits, dim=-1, keepdim=True)
@@ -151,13 +164,13 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
                 idx_next = idx_next.masked_fill(finished.unsqueeze(-1), eos_id)  # finished rows: pad
                 finished |= idx_next.squeeze(-1) == eos_id
             idx = torch.cat((idx, idx_next), dim=1)
-            if step == max_new_tokens - 1 or bool(finished.all()):
+            if step == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())):
                 break
             if cache is not None and idx.shape[1] <= context_size:
-                logits = model(idx_next, kv_cache=cache)[:, -1, :]   # one new position
+                logits = model(idx_next, kv_cache=cache, **last)[:, -1, :]   # one new position
             else:
                 cache = None
-                logits = model(idx[:, -context_size:])[:, -1, :]     # the whole (cropped) window
+                logits = model(idx[:, -context_size:], **last)[:, -1, :]     # the whole (cropped) window
     return idx
 
 

@@ -99,26 +99,51 @@ class KVCache:
 
     Lecture 02 (faster generation).
 
-    ``keys[i]`` and ``values[i]`` have shape (batch, n_heads, tokens_so_far, head_dim).
+    Each block's keys and values live in a buffer of shape (batch, n_heads, max_positions, head_dim),
+    allocated at the block's first update (``max_positions``: the model's context length, which
+    ``GPTModel.new_kv_cache`` passes). :meth:`update` writes the new positions into the buffer in place
+    and returns the filled part, shape (batch, n_heads, tokens_so_far, head_dim), as a view: appending
+    one token costs one token's copy, where ``torch.cat`` would copy everything cached at every step.
+    Without ``max_positions`` a buffer starts small and doubles when full.
     """
 
-    def __init__(self, n_layers: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layers
+    def __init__(self, n_layers: int, max_positions: int | None = None):
+        self.max_positions = max_positions
+        self.keys: list[torch.Tensor | None] = [None] * n_layers      # the buffers, filled up to lengths[i]
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = [0] * n_layers
 
     def __len__(self) -> int:
         """Number of positions cached (by the last block, which is updated last)."""
         return self.cached_positions(-1)
 
     def cached_positions(self, layer: int) -> int:
-        return 0 if self.keys[layer] is None else self.keys[layer].shape[2]
+        return self.lengths[layer]
+
+    def _buffers_for(self, layer: int, k: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is not None and end <= buf_k.shape[2]:
+            return buf_k, buf_v
+        capacity = self.max_positions if self.max_positions and end <= self.max_positions else \
+            max(end, 2 * (buf_k.shape[2] if buf_k is not None else 32))
+        b, h, _, d = k.shape
+        new_k, new_v = (k.new_empty(b, h, capacity, d) for _ in range(2))
+        filled = self.lengths[layer]
+        if filled:
+            new_k[:, :, :filled] = buf_k[:, :, :filled]
+            new_v[:, :, :filled] = buf_v[:, :, :filled]
+        self.keys[layer], self.values[layer] = new_k, new_v
+        return new_k, new_v
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Append the new positions' keys and values to block ``layer``'s; return all of them so far."""
+        start = self.lengths[layer]
+        end = start + k.shape[2]
+        buf_k, buf_v = self._buffers_for(layer, k, end)
+        buf_k[:, :, start:end] = k
+        buf_v[:, :, start:end] = v
+        self.lengths[layer] = end
+        return buf_k[:, :, :end], buf_v[:, :, :end]
 
 
 class MultiHeadAttention(nn.Module):
@@ -139,22 +164,31 @@ class MultiHeadAttention(nn.Module):
         mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0, last_only: bool = False):
+        """Attention output (batch, tokens, d_out); with ``last_only``, for the last position only.
+
+        ``last_only`` still computes every position's keys and values (and caches them), but the query,
+        and so the output, only of the last position: all that the next-token prediction needs.
+        """
         b, num_tokens, _ = x.shape
         # (b, tokens, d_out) -> (b, heads, tokens, head_dim)
-        queries, keys, values = (
+        keys, values = (
             proj(x).view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
-            for proj in (self.W_query, self.W_key, self.W_value)
+            for proj in (self.W_key, self.W_value)
         )
-        past = 0
+        if last_only:
+            x = x[:, -1:]
+        num_q = x.shape[1]
+        queries = self.W_query(x).view(b, num_q, self.num_heads, self.head_dim).transpose(1, 2)
+        past = num_tokens - num_q                    # positions before the first query ...
         if kv_cache is not None:
-            past = kv_cache.cached_positions(layer)
+            past += kv_cache.cached_positions(layer)  # ... counting those already cached
             keys, values = kv_cache.update(layer, keys, values)
         if self.impl == "teaching":
             context = self.explicit_attention(queries, keys, values, past)
         else:
             context = self.sdpa_attention(queries, keys, values, past)
-        context = context.transpose(1, 2).reshape(b, num_tokens, self.d_out)
+        context = context.transpose(1, 2).reshape(b, num_q, self.d_out)
         return self.out_proj(context)
 
     def explicit_attention(self, queries, keys, values, past: int = 0):
@@ -173,6 +207,8 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout.p if self.training else 0.0
         if past == 0:
             return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
+        if num_q == 1:  # the one query is the last position: it may attend to every key, no mask needed
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
         # With a cache, the queries are the last positions: pass the offset mask explicitly
         # (True = may attend, the opposite convention to self.mask).
         allowed = ~self.mask[past : past + num_q, :num_k]
@@ -252,8 +288,10 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg["emb_dim"], impl=cfg.get("impl", "fast"))
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer))
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0, last_only: bool = False):
+        """The block's output for every position, or with ``last_only`` for the last one (batch, 1, emb_dim)."""
+        shortcut = x[:, -1:] if last_only else x
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer, last_only))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -280,29 +318,55 @@ class GPTModel(nn.Module):
         # the same seed has the same weights as an unpadded one, plus zero rows.
         pad_vocab(self, cfg.get("pad_vocab_multiple", 1))
 
-    def forward(self, in_idx, kv_cache: KVCache | None = None):
+    def forward(self, in_idx, kv_cache: KVCache | None = None, last_only: bool = False):
         """Logits of shape (batch, tokens, vocab_size) for token ids of shape (batch, tokens).
 
-        With a ``kv_cache``, ``in_idx`` holds only the tokens after those already cached.
+        With a ``kv_cache``, ``in_idx`` holds only the tokens after those already cached. With
+        ``last_only``, only the last position's logits are computed, shape (batch, 1, vocab_size): the
+        last block computes its output, and the final LayerNorm and output head run, for that position
+        alone (the same numbers as the full forward's last position; generation needs nothing more).
         """
-        _, seq_len = in_idx.shape
         past = len(kv_cache) if kv_cache is not None else 0
+        x = self.embed(in_idx, past)
+        x = self.run_blocks(x, kv_cache=kv_cache, last_only=last_only)
+        return self.logits(x)
+
+    def embed(self, in_idx, past: int = 0):
+        """Token plus position embeddings (then dropout) for ids at positions ``past``, ``past + 1``, ..."""
+        _, seq_len = in_idx.shape
         if past + seq_len > self.cfg["context_length"]:
             raise ValueError(
                 f"{past + seq_len} tokens exceed the context length of {self.cfg['context_length']}; "
                 f"crop the input to its last {self.cfg['context_length']} tokens."
             )
         positions = torch.arange(past, past + seq_len, device=in_idx.device)
-        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
-        for layer, block in enumerate(self.trf_blocks):
-            x = block(x, kv_cache, layer)
+        return self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
+
+    def run_blocks(self, x, start: int = 0, stop: int | None = None, kv_cache: KVCache | None = None,
+                   last_only: bool = False):
+        """``x`` through transformer blocks ``start`` to ``stop - 1`` (default: to the last one).
+
+        ``last_only`` keeps only the last position of the result; the model's final block then computes
+        that position alone. ``helpers.prefix_cache`` runs the frozen blocks once and the rest per step.
+        """
+        stop = len(self.trf_blocks) if stop is None else stop
+        for layer in range(start, stop):
+            final = last_only and layer == len(self.trf_blocks) - 1
+            x = self.trf_blocks[layer](x, kv_cache, layer, final)
+        if last_only and x.shape[1] > 1:
+            x = x[:, -1:]
+        return x
+
+    def logits(self, x):
+        """Final LayerNorm and output head: the scores for each position of ``x`` (batch, tokens, emb_dim)."""
         logits = self.out_head(self.final_norm(x))
         if logits.shape[-1] > self.cfg["vocab_size"]:   # padded vocabulary: drop the padding's scores
             logits = logits[..., : self.cfg["vocab_size"]]
         return logits
 
     def new_kv_cache(self) -> KVCache:
-        return KVCache(len(self.trf_blocks))
+        """An empty :class:`KVCache` for this model, sized for its context length (lecture 02)."""
+        return KVCache(len(self.trf_blocks), self.cfg["context_length"])
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 1) -> int:

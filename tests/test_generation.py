@@ -152,3 +152,23 @@ def test_generate_text_simple_checks_its_prompt(tiny):
 def test_zero_new_tokens_returns_the_prompt(tiny):
     idx = torch.tensor([[5, 6]])
     assert torch.equal(generate(tiny, idx, 0, 16), idx)
+
+
+@pytest.mark.parametrize("impl", ["fast", "teaching"])
+def test_teaching_and_fast_paths_generate_the_same_tokens_with_and_without_cache(tiny, impl):
+    idx = torch.randint(0, 50257, (2, 4))
+    reference = generate_text_simple(tiny, idx, 14, 16)       # the course's loop: full logits, no cache
+    M.set_impl(tiny, impl)
+    assert torch.equal(generate(tiny, idx, 14, 16, use_cache=True), reference)
+    assert torch.equal(generate(tiny, idx, 14, 16, use_cache=False), reference)
+
+
+def test_generate_computes_the_output_head_for_the_last_position_only(tiny):
+    rows = []
+    hook = tiny.out_head.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[1]))
+    try:
+        generate(tiny, torch.randint(0, 50257, (1, 10)), 9, 16, use_cache=True)
+        generate(tiny, torch.randint(0, 50257, (1, 10)), 3, 16, use_cache=False)
+    finally:
+        hook.remove()
+    assert rows == [1] * 12

@@ -184,3 +184,45 @@ def test_untrained_course_model_loss_is_the_courses(verdict_text):
     val_loader = data.create_dataloader(val, batch_size=2, max_length=256, stride=256, drop_last=False, shuffle=False)
     with torch.no_grad():
         assert calc_loss_loader(val_loader, model, "cpu") == pytest.approx(10.98110580444336, abs=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["fast", "teaching"])
+def test_last_only_gives_the_last_positions_logits(tiny, impl):
+    M.set_impl(tiny, impl)
+    x = torch.randint(0, 50257, (2, 12))
+    full = tiny(x)
+    torch.testing.assert_close(tiny(x, last_only=True), full[:, -1:], atol=1e-5, rtol=1e-5)
+    cache = tiny.new_kv_cache()  # with a cache: prefill, then one token, then a chunk, each last-only
+    parts = [tiny(x[:, :5], kv_cache=cache, last_only=True), tiny(x[:, 5:6], kv_cache=cache, last_only=True),
+             tiny(x[:, 6:], kv_cache=cache, last_only=True)]
+    assert [p.shape[1] for p in parts] == [1, 1, 1] and len(cache) == 12
+    torch.testing.assert_close(torch.cat(parts, 1), full[:, [4, 5, 11]], atol=1e-5, rtol=1e-5)
+
+
+def test_run_blocks_in_two_parts_is_the_forward(tiny):
+    x = torch.randint(0, 50257, (2, 9))
+    hidden = tiny.run_blocks(tiny.embed(x), 0, 1)           # the first block ...
+    torch.testing.assert_close(tiny.logits(tiny.run_blocks(hidden, start=1)), tiny(x))   # ... then the rest
+    torch.testing.assert_close(tiny.logits(tiny.run_blocks(hidden, start=1, last_only=True)), tiny(x)[:, -1:])
+    no_blocks = tiny.run_blocks(hidden, start=2, last_only=True)   # nothing to run: just the last position
+    assert torch.equal(no_blocks, hidden[:, -1:])
+
+
+def test_kv_cache_writes_into_one_buffer_per_block(tiny):
+    cache = tiny.new_kv_cache()
+    x = torch.randint(0, 50257, (1, 20))
+    tiny(x[:, :4], kv_cache=cache)
+    buffers = [(k.data_ptr(), v.data_ptr()) for k, v in zip(cache.keys, cache.values, strict=True)]
+    assert cache.keys[0].shape == (1, 4, 32, 8)               # (batch, heads, context length, head_dim)
+    for t in range(4, 20):
+        tiny(x[:, t : t + 1], kv_cache=cache)
+    assert [(k.data_ptr(), v.data_ptr()) for k, v in zip(cache.keys, cache.values, strict=True)] == buffers
+    assert cache.lengths == [20, 20] and len(cache) == 20
+
+
+def test_kv_cache_without_a_size_grows():
+    cache = M.KVCache(1)
+    k = torch.arange(2 * 3 * 40 * 4, dtype=torch.float).view(2, 3, 40, 4)
+    for start in range(0, 40, 10):
+        keys, values = cache.update(0, k[:, :, start : start + 10], -k[:, :, start : start + 10])
+    assert torch.equal(keys, k) and torch.equal(values, -k) and cache.keys[0].shape[2] >= 40
