@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     count, positive = _number(int, 1), _number(float, 0.0, strict=True)
     p.add_argument("--config", default="pretrain-124M", help="a helpers.model.get_config name")
     p.add_argument("--context-length", type=count, default=None, help="override the config's context length")
+    p.add_argument("--drop-rate", type=_number(float, 0.0), default=None, help="override the config's dropout rate")
     p.add_argument("--corpus", default=None,
                    help="'the-verdict' (the default), 'books' (five Gutenberg books), or comma-separated registry names")
     p.add_argument("--data", type=Path, default=None, metavar="FOLDER",
@@ -306,7 +307,8 @@ def train(args: argparse.Namespace) -> History:
 def _train(args, rank: int, world_size: int, device: torch.device) -> History:
     is_main = rank == 0
     options = fast_path(args, device)
-    overrides = {"context_length": args.context_length} if args.context_length else {}
+    overrides = {key: value for key, value in (("context_length", args.context_length), ("drop_rate", args.drop_rate))
+                 if value is not None}
     cfg = get_config(args.config, **overrides)
     runtime.set_seed(args.seed)  # the same seed on every rank: identical initial weights
     if args.data is not None:
