@@ -68,7 +68,7 @@ from .shards import DTYPE, FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, shard_file
 from .tokenizer import END_OF_TEXT_ID, get_tokenizer
 
 MB = 1_000_000
-READ_BLOCK = 8 << 20        # bytes read at a time while hashing and checking the sources
+READ_BLOCK = 1 << 20        # bytes read at a time while hashing and checking the sources
 SEARCH_LIMIT = 1 << 20      # how far to look for a place to end a document or cut a piece
 
 # Places where GPT-2's pre-tokenizer (tiktoken's r50k regex) splits the text whatever follows, so that
@@ -339,7 +339,9 @@ def _start_worker(ignore_interrupts: bool = True) -> None:
 def encode_piece(piece: Piece) -> tuple[np.ndarray, int]:
     """The token ids of one piece (uint16, with the end-of-text id when it ends its document) and its forced cuts.
 
-    Runs in the worker processes of :func:`prepare` (lecture 02's corpora).
+    Runs in the worker processes of :func:`prepare` (lecture 02's corpora). The ids are tiktoken's
+    ``encode_ordinary`` ids (``encode_to_numpy`` with no special tokens allowed or checked is the same
+    encoding, returned as an array).
     """
     with open(piece.path, "rb") as handle:
         start, _ = (piece.start, False) if piece.start == piece.doc_start else \
@@ -351,10 +353,13 @@ def encode_piece(piece: Piece) -> tuple[np.ndarray, int]:
     text = raw.decode("utf-8")
     if piece.strip_gutenberg:
         text = data.strip_gutenberg(text)
-    ids = _TOKENIZER.encode_ordinary(text)
+    if hasattr(_TOKENIZER, "encode_to_numpy"):  # tiktoken >= 0.7: the ids as an array, without a Python list
+        ids = _TOKENIZER.encode_to_numpy(text, allowed_special=set(), disallowed_special=()).astype(DTYPE)
+    else:
+        ids = np.array(_TOKENIZER.encode_ordinary(text), dtype=DTYPE)
     if piece.ends_document:
-        ids.append(END_OF_TEXT_ID)
-    return np.array(ids, dtype=DTYPE), int(forced)
+        ids = np.append(ids, np.array([END_OF_TEXT_ID], dtype=DTYPE))
+    return ids, int(forced)
 
 
 @contextmanager
@@ -497,9 +502,10 @@ def prepare(inputs: Iterable[str], out: str | Path, *, val_fraction: float = 0.1
         with tqdm(total=todo_bytes, unit="B", unit_scale=True, desc=f"tokenizing ({workers} processes)",
                   disable=not progress) as bar:
             results = encode([piece for _, shard in todo for piece in shard.pieces])
-            for index, shard in todo:
+            for done, (index, shard) in enumerate(todo, 1):
                 records[index] = _write_shard(out, shard, results, bar)
-                atomic_write_json(out / MANIFEST, manifest, indent=1)
+                if done < len(todo):  # after the last one, the complete manifest follows at once
+                    atomic_write_json(out / MANIFEST, manifest, indent=1)
     manifest["tokens"] = {split: sum(r["tokens"] for r in records if r["split"] == split) for split in SPLITS}
     manifest["complete"] = True
     atomic_write_json(out / MANIFEST, manifest, indent=1)
