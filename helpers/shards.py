@@ -157,13 +157,16 @@ class TokenWindows(Dataset):
 class RandomWindows(Sampler[int]):
     """``num_samples`` random window indices per epoch, the same for a given seed and epoch; a DDP rank's share.
 
-    The indices of an epoch are drawn from ``np.random.default_rng([seed, epoch])``, independently of
-    any global generator, so reruns and resumed runs see exactly the same windows. With several
+    The indices of an epoch are drawn from ``np.random.default_rng([seed, epoch, block])``, block by
+    block of :attr:`BLOCK` indices (so a huge epoch needs no huge list), independently of any global
+    generator, so reruns and resumed runs see exactly the same windows. With several
     processes, rank ``r`` of ``world_size`` takes every ``world_size``-th index of the epoch's draw
     starting at ``r``: together the processes see the windows one process would see. Call
     :meth:`set_epoch` before each epoch (lecture 02's ``train_loop`` does it, as for PyTorch's
     ``DistributedSampler``).
     """
+
+    BLOCK = 1 << 16  # indices drawn at a time, each block from its own generator (seed, epoch, block)
 
     def __init__(self, num_windows: int, num_samples: int, seed: int = 123, rank: int = 0, world_size: int = 1):
         if num_windows < 1 or num_samples < world_size or not 0 <= rank < world_size:
@@ -180,9 +183,11 @@ class RandomWindows(Sampler[int]):
         return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        drawn = rng.integers(0, self.num_windows, size=len(self) * self.world_size)
-        return iter(drawn[self.rank :: self.world_size].tolist())
+        total = len(self) * self.world_size
+        for block, first in enumerate(range(0, total, self.BLOCK)):  # a block at a time: memory stays flat
+            rng = np.random.default_rng([self.seed, self.epoch, block])
+            drawn = rng.integers(0, self.num_windows, size=min(self.BLOCK, total - first))
+            yield from drawn[(self.rank - first) % self.world_size :: self.world_size].tolist()
 
 
 class StridedShare(Sampler[int]):

@@ -63,6 +63,16 @@ def test_random_windows_depend_on_seed_and_epoch_only():
     assert [i for pair in zip(*ranks, strict=True) for i in pair] == draw(1, 0)
 
 
+def test_random_windows_come_in_blocks_that_ranks_share_the_same_way(monkeypatch):
+    """Drawn block by block (bounded memory): three ranks still split one process's windows, across blocks."""
+    monkeypatch.setattr(shards.RandomWindows, "BLOCK", 7)
+    one = list(shards.RandomWindows(1000, 50, seed=3))
+    assert len(one) == 50 and len(set(one)) > 40
+    ranks = [list(shards.RandomWindows(1000, 50, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert [len(r) for r in ranks] == [16, 16, 16]
+    assert [i for triple in zip(*ranks, strict=True) for i in triple] == one[:48]
+
+
 def test_strided_shares_split_the_windows_among_ranks():
     shares = [list(shards.StridedShare(11, rank, 3)) for rank in range(3)]
     assert sorted(sum(shares, [])) == list(range(11))
