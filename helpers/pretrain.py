@@ -23,6 +23,16 @@ draws it), ``checkpoint.pt`` (``helpers.checkpoints.load_checkpoint``) and ``sum
 
 ``--corpus books`` trains on several public-domain books instead of The Verdict (downloaded through
 the data registry; see ``helpers.data.GUTENBERG_BOOKS``).
+
+``--data FOLDER`` trains on a corpus prepared by ``python -m helpers.prepare`` (any size: the shards are
+memory-mapped, see :mod:`helpers.shards`): each epoch draws ``--windows-per-epoch`` random windows from
+the training split (seeded by ``--seed`` and the epoch, each process its own share), and evaluates on
+the validation split's windows in order. ``--checkpoint-every``/``--resume`` continue such a run exactly
+too. On several machines, start the same command on each with PyTorch's launcher, e.g. on two machines
+with 8 GPUs each (``--node-rank 1`` on the second; HOST is the first machine's address)::
+
+    torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --nproc-per-node 8 \
+        -m helpers.pretrain --data data/books --config gpt2-small --max-steps 20000 --out runs/books
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import data, runtime
+from . import data, runtime, shards
 from .checkpoints import save_checkpoint
 from .files import atomic_write_json, atomic_write_text, explain_write_error
 from .history import History
@@ -80,8 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     count, positive = _number(int, 1), _number(float, 0.0, strict=True)
     p.add_argument("--config", default="pretrain-124M", help="a helpers.model.get_config name")
     p.add_argument("--context-length", type=count, default=None, help="override the config's context length")
-    p.add_argument("--corpus", default="the-verdict",
-                   help="'the-verdict', 'books' (five Gutenberg books), or comma-separated registry names")
+    p.add_argument("--drop-rate", type=_number(float, 0.0), default=None, help="override the config's dropout rate")
+    p.add_argument("--corpus", default=None,
+                   help="'the-verdict' (the default), 'books' (five Gutenberg books), or comma-separated registry names")
+    p.add_argument("--data", type=Path, default=None, metavar="FOLDER",
+                   help="train on a corpus prepared by `python -m helpers.prepare` instead of --corpus")
+    p.add_argument("--windows-per-epoch", type=count, default=None, metavar="N",
+                   help="with --data: random training windows per epoch, all processes together "
+                        "(default: as many as non-overlapping windows fit into the training split)")
     p.add_argument("--epochs", type=count, default=10)
     p.add_argument("--batch-size", type=count, default=2, help="micro-batch size per process")
     p.add_argument("--grad-accum", type=count, default=1, help="micro-batches per optimizer step")
@@ -132,9 +148,25 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         get_config(args.config)
     except (KeyError, ValueError) as err:
         parser.error(f"--config: {err.args[0]}")
-    unknown = [name for name in corpus_names(args.corpus) if name not in data.REGISTRY]
-    if unknown:
-        parser.error(f"--corpus: unknown data file(s) {', '.join(unknown)}; known: {', '.join(sorted(data.REGISTRY))}")
+    if args.data is not None:
+        if args.corpus is not None:
+            parser.error("--data and --corpus exclude each other: train on a prepared folder or on registry texts")
+        try:
+            manifest = shards.read_manifest(args.data)
+        except ValueError as err:
+            parser.error(f"--data: {err}")
+        vocab = get_config(args.config)["vocab_size"]
+        if manifest["tokenizer"]["vocab_size"] > vocab:
+            parser.error(f"--data: the corpus uses {manifest['tokenizer']['vocab_size']} token ids, the model "
+                         f"config {args.config} only {vocab}")
+    else:
+        if args.windows_per_epoch is not None:
+            parser.error("--windows-per-epoch only applies with --data")
+        args.corpus = args.corpus or "the-verdict"
+        unknown = [name for name in corpus_names(args.corpus) if name not in data.REGISTRY]
+        if unknown:
+            parser.error(f"--corpus: unknown data file(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(data.REGISTRY))}")
     try:
         runtime.get_device(args.device)
     except (RuntimeError, ValueError) as err:
@@ -275,11 +307,17 @@ def train(args: argparse.Namespace) -> History:
 def _train(args, rank: int, world_size: int, device: torch.device) -> History:
     is_main = rank == 0
     options = fast_path(args, device)
-    overrides = {"context_length": args.context_length} if args.context_length else {}
+    overrides = {key: value for key, value in (("context_length", args.context_length), ("drop_rate", args.drop_rate))
+                 if value is not None}
     cfg = get_config(args.config, **overrides)
     runtime.set_seed(args.seed)  # the same seed on every rank: identical initial weights
-    train_loader, val_loader = make_loaders(corpus_text(args.corpus), cfg["context_length"], args.batch_size,
-                                            rank, world_size, args.seed, options.pin_memory)
+    if args.data is not None:
+        train_loader, val_loader = shards.pretraining_loaders(
+            args.data, cfg["context_length"], args.batch_size, rank, world_size, args.seed, args.windows_per_epoch,
+            options.pin_memory)
+    else:
+        train_loader, val_loader = make_loaders(corpus_text(args.corpus), cfg["context_length"], args.batch_size,
+                                                rank, world_size, args.seed, options.pin_memory)
     model = prepare_model(GPTModel(cfg).to(device), options)
     ddp_model = DistributedDataParallel(model) if world_size > 1 else model
     optimizer = make_optimizer(model, args.lr, args.weight_decay, options, device)
@@ -287,8 +325,9 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> History:
 
     _, total_steps = count_steps(len(train_loader), args.epochs, args.grad_accum, args.max_steps)
     if is_main:
-        print(f"{world_size} process(es) on {device}; {len(train_loader.dataset)} training windows of "
-              f"{cfg['context_length']} tokens; {total_steps} optimizer steps; effective batch "
+        windows = len(train_loader.sampler) * world_size if args.data is not None else len(train_loader.dataset)
+        print(f"{world_size} process(es) on {device}; {windows} training windows of "
+              f"{cfg['context_length']} tokens per epoch; {total_steps} optimizer steps; effective batch "
               f"{args.batch_size * args.grad_accum * world_size}", flush=True)
     config = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model": cfg,
               "options": options.as_dict(), "world_size": world_size, "device": str(device)}

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from test_prepare import FAST, make_corpus
 
-from helpers import data, pretrain, runtime
+from helpers import data, prepare, pretrain, runtime
 from helpers.checkpoints import load_checkpoint
 from helpers.history import History
 from helpers.model import GPTModel, get_config
@@ -117,6 +118,8 @@ def test_too_little_data_is_a_clear_error():
     (["--checkpoint-every", "5"], "--checkpoint-every needs --out"),
     (["--warmup-steps", "5"], "--warmup-steps only apply with --lr-schedule warmup-cosine"),
     (["--resume", "no/such/state.pt"], "--resume: no file at no/such/state.pt"),
+    (["--windows-per-epoch", "5"], "--windows-per-epoch only applies with --data"),
+    (["--drop-rate", "-0.1"], "argument --drop-rate: must be at least 0.0"),
 ])
 def test_bad_arguments_stop_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -150,3 +153,72 @@ def test_torchrun_two_processes_agree(tmp_path):
     history = History.from_json(tmp_path / "history.json")
     assert history.steps == [0, 6, 12] and history.total_seen == 18 * 2 * 2 * 2 * 32  # tokens of both ranks
     assert (tmp_path / "checkpoint.pt").is_file()
+
+
+# ------------------------------------------------------------------------------ a prepared corpus (--data)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A small corpus prepared by helpers.prepare, in several shards."""
+    folder = tmp_path_factory.mktemp("prepared")
+    prepare.prepare([str(make_corpus(folder / "text"))], folder / "data", shard_mb=0.005, val_fraction=0.2, **FAST)
+    return folder / "data"
+
+
+def test_training_on_prepared_shards_resumes_exactly(prepared, tmp_path):
+    """--data: a run resumed mid-epoch from --checkpoint-every gives the uninterrupted run's losses and weights,
+    also in the epoch after the resumption (new random windows) and with dropout (RNG states)."""
+    common = ["--data", str(prepared), "--config", "tiny", "--drop-rate", "0.1", "--epochs", "3",
+              "--windows-per-epoch", "12", "--batch-size", "2", "--grad-accum", "2", "--eval-freq", "2",
+              "--eval-iter", "2", "--lr", "3e-3", *QUIET]
+    full = pretrain.train(pretrain.parse_args([*common, "--out", str(tmp_path / "full"), "--checkpoint-every", "5"]))
+    assert full.total_steps == 3 * 12 // 4 and full.steps == [0, 2, 4, 6, 8]
+    assert full.total_seen == 9 * 4 * 32 and full.train_losses[-1] < full.train_losses[0]
+    state = tmp_path / "full" / pretrain.STATE_FILE
+    training = load_checkpoint(state)[2]["training"]
+    assert (training["steps_done"], training["epoch"], training["batches_done"]) == (5, 1, 4)  # mid-epoch 2
+    resumed = pretrain.train(pretrain.parse_args([*common, "--out", str(tmp_path / "resumed"), "--resume", str(state)]))
+    assert resumed.train_losses == full.train_losses and resumed.val_losses == full.val_losses
+    assert resumed.steps == full.steps and resumed.total_seen == full.total_seen
+    digests = [json.loads((tmp_path / run / "summary.json").read_text())["parameter_digests"]
+               for run in ("full", "resumed")]
+    assert digests[0] == digests[1]
+    other_seed = pretrain.train(pretrain.parse_args([*common, "--seed", "7", "--max-steps", "1"]))
+    assert other_seed.train_losses[0] != full.train_losses[0]  # other windows (and weights)
+
+
+def test_bad_data_arguments_stop_before_any_work(prepared, tmp_path, capsys):
+    for argv, message in ((["--data", str(tmp_path)], "--data: " + str(tmp_path) + " holds no manifest.json"),
+                          (["--data", str(prepared), "--corpus", "books"], "--data and --corpus exclude each other")):
+        with pytest.raises(SystemExit) as exit_info:
+            pretrain.parse_args(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def run_torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "helpers.pretrain", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_torchrun_two_processes_resume_exactly_on_prepared_shards(prepared, tmp_path):
+    """Two DDP processes on --data, each its own share of the windows: a resumed run ends as the uninterrupted one."""
+    common = ["--data", str(prepared), "--config", "tiny", "--drop-rate", "0.1", "--epochs", "3",
+              "--windows-per-epoch", "24", "--batch-size", "2", "--grad-accum", "2", "--eval-freq", "2",
+              "--eval-iter", "2", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+    proc = run_torchrun([*common, "--out", str(tmp_path / "full"), "--checkpoint-every", "5"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    state = tmp_path / "full" / pretrain.STATE_FILE
+    training = load_checkpoint(state)[2]["training"]
+    assert training["world_size"] == 2 and (training["steps_done"], training["epoch"], training["batches_done"]) == (5, 1, 4)
+    proc = run_torchrun([*common, "--out", str(tmp_path / "resumed"), "--resume", str(state)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    full, resumed = (History.from_json(tmp_path / run / "history.json") for run in ("full", "resumed"))
+    assert full.steps == [0, 2, 4, 6, 8] and full.total_steps == 9  # 3 x 24 windows / (2 ranks * batch 2 * 2)
+    assert resumed.train_losses == full.train_losses and resumed.val_losses == full.val_losses
+    assert resumed.total_seen == full.total_seen == 9 * 2 * 2 * 2 * 32
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("full", "resumed")]
+    assert all(s["ranks_agree"] and s["world_size"] == 2 for s in summaries)
+    assert summaries[0]["parameter_digests"] == summaries[1]["parameter_digests"]
