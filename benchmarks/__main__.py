@@ -4,6 +4,9 @@
     python -m benchmarks --quick         # small sizes: a smoke test in seconds
     python -m benchmarks --device cuda --gpt2-1024   # adds 124M at context 1024 with MFU, on a GPU
     python -m benchmarks --compile --pad-vocab 64    # adds fast-path variants, compared with the fast path
+    python -m benchmarks generation      # our KV-cache generation against transformers' (benchmarks/generation.py)
+    python -m benchmarks prefix-cache    # lecture 04's training with and without the frozen-prefix cache
+    python -m benchmarks corpus          # preparing and reading token shards of 1 MB to 1 GB (benchmarks/corpus.py)
 
 Each measurement is described by a :class:`Spec` and runs in a fresh Python process, so that its peak
 memory is its own; it comes back as a :class:`Measurement`. Times are medians over ``--steps`` steps
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import corpus, generation, prefix_cache
 from helpers import model as M
 from helpers.files import atomic_write_json
 from helpers.generation import generate
@@ -262,7 +266,14 @@ def table(results: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
+# The other measurements, each with its own options: ``python -m benchmarks corpus --sizes 1 10``.
+SUITES = {"corpus": corpus.main, "generation": generation.main, "prefix-cache": prefix_cache.main}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUITES:
+        return SUITES[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: helpers.runtime.get_device())")
