@@ -75,8 +75,11 @@ class LoRALayer(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, device=None, dtype=None):
         super().__init__()
-        if int(rank) != rank or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or int(rank) != rank or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha == 0:
+            raise ValueError(f"alpha must be a finite number other than 0, got {alpha!r}: the update is scaled by "
+                             f"alpha / rank, so alpha = 0 would keep it at zero and LoRA would learn nothing.")
         self.rank, self.alpha = int(rank), alpha
         # Initialise A in nn.Linear's (out, in) = (rank, in_dim) layout, so that its fan-in is
         # in_dim, then store the transpose that x @ A needs.

@@ -303,3 +303,17 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save(payload, tmp_path / "shape.pt")
     with pytest.raises(ValueError, match="shapes differ.*W_query.lora.A"):
         lora.load_lora(tmp_path / "shape.pt", lora.apply_lora(tiny_model(), RANK, ALPHA, targets="attention"))
+
+
+@pytest.mark.parametrize("rank, alpha, message", [
+    (0, 16, "rank must be a positive integer"),
+    (2.5, 16, "rank must be a positive integer"),
+    (True, 16, "rank must be a positive integer"),
+    ("8", 16, "rank must be a positive integer"),
+    (4, 0, "alpha = 0 would keep it at zero"),
+    (4, float("nan"), "finite number other than 0"),
+    (4, "16", "finite number other than 0"),
+])
+def test_lora_settings_that_would_train_nothing_are_refused(rank, alpha, message):
+    with pytest.raises(ValueError, match=message):
+        lora.LoRALayer(32, 16, rank, alpha)
