@@ -35,6 +35,9 @@ setup-dev: $(DEV_STAMP)
 
 $(DEV_STAMP): $(STAMP) requirements-dev.txt requirements-tensorflow.txt
 	$(BIN)/python -m pip install -r requirements-dev.txt
+	@# The course's own package, a test-only reference (tests/test_course_numbers.py). --no-deps: its numpy<2.1
+	@# pin must not downgrade our numpy; the tests import only its pure-PyTorch chapter modules.
+	$(BIN)/python -m pip install --no-deps "llms-from-scratch==1.0.19"
 	touch $(DEV_STAMP)
 
 tensorflow: $(STAMP)

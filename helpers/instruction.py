@@ -299,16 +299,21 @@ def create_instruction_loaders(
     allowed_max_length: int | None = 1024,
     mask_prompt: bool = False,
     num_workers: int = 0,
-    seed: int = 123,
+    seed: int | None = None,
 ) -> InstructionLoaders:
     """The training and validation loaders of lecture 05: :class:`InstructionDataset` batched by
     :func:`custom_collate_fn` (through :func:`make_collate_fn`, with these options).
 
-    The training loader shuffles, with its own generator seeded with ``seed`` (the same order on every
-    run, whatever else drew random numbers before), and drops a last incomplete batch; the validation
-    loader keeps the order and every entry. ``allowed_max_length`` should not exceed the model's
-    context length. With ``mask_prompt=True`` the datasets carry the prompt lengths the collate
-    function needs to mask the prompt. Each loader's ``.dataset`` is its :class:`InstructionDataset`.
+    The training loader shuffles and drops a last incomplete batch; the validation loader keeps the
+    order and every entry. As in the course, the training order is drawn from PyTorch's global random
+    generator each time the loader is iterated, so ``torch.manual_seed(123)`` (``runtime.set_seed``)
+    right before training fixes it, and it is the course's order for the same data. With ``seed``,
+    the loader shuffles with its own generator seeded with it instead: the same order whatever else
+    drew random numbers before, but no longer the course's.
+
+    ``allowed_max_length`` should not exceed the model's context length. With ``mask_prompt=True`` the
+    datasets carry the prompt lengths the collate function needs to mask the prompt. Each loader's
+    ``.dataset`` is its :class:`InstructionDataset`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -320,9 +325,10 @@ def create_instruction_loaders(
     collate = make_collate_fn(device=device, allowed_max_length=allowed_max_length, mask_prompt=mask_prompt)
     train_set = InstructionDataset(train_data, tokenizer, with_prompt_length=mask_prompt)
     val_set = InstructionDataset(val_data, tokenizer, with_prompt_length=mask_prompt)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     return InstructionLoaders(
         DataLoader(train_set, batch_size=batch_size, collate_fn=collate, shuffle=True, drop_last=True,
-                   num_workers=num_workers, generator=torch.Generator().manual_seed(seed)),
+                   num_workers=num_workers, generator=generator),
         DataLoader(val_set, batch_size=batch_size, collate_fn=collate, shuffle=False, drop_last=False,
                    num_workers=num_workers),
     )
