@@ -56,6 +56,12 @@ def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lab")
     for nb in sorted((REPO / "notebooks").glob("0[12]_*.ipynb")):
         shutil.copy(nb, folder / nb.name)
+    # JupyterLab 4 renders only the cells near the viewport; render all of them, so that the test sees the
+    # training cell's progress bar wherever the page is scrolled (a learner would scroll to it).
+    settings = tmp_path_factory.mktemp("lab-settings")
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none"}), encoding="utf-8")
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "LECTURES_PROFILE": "quick", "PYTHONPATH": str(REPO), "JUPYTER_PLATFORM_DIRS": "1",
            "LECTURES_CACHE": str(tmp_path_factory.mktemp("lab-cache"))}
@@ -63,7 +69,7 @@ def lab(tmp_path_factory):
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={token}", "--ServerApp.open_browser=False", "--allow-root",
-         f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True",
+         f"--ServerApp.root_dir={folder}", "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings}",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -122,7 +128,7 @@ def _run_all_and_wait(page, timeout_s: float, progress_shot: str | None = None) 
     to render as a widget while training runs (the loops close their bars when done), and screenshot it."""
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     if progress_shot:
-        bar = page.locator(".jp-OutputArea-output .widget-progress").first
+        bar = page.locator(".jp-OutputArea-output .widget-hprogress").first  # ipywidgets 8: a horizontal progress bar
         bar.wait_for(state="attached", timeout=timeout_s * 1000)
         bar.scroll_into_view_if_needed()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
