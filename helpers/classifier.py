@@ -88,6 +88,9 @@ def add_classification_head(model: GPTModel, num_classes: int, trainable="last_b
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int of at least 2, got {num_classes!r}.")
+    if not (hasattr(model, "trf_blocks") and isinstance(getattr(model, "out_head", None), nn.Linear)):
+        raise TypeError(f"add_classification_head needs a GPTModel (with trf_blocks and an out_head Linear layer), "
+                        f"got a {type(model).__name__}.")
     _blocks_to_train(trainable, len(model.trf_blocks))  # check before changing the model
     old = model.out_head.weight
     model.out_head = nn.Linear(old.shape[1], num_classes, device=old.device, dtype=old.dtype)
@@ -122,7 +125,19 @@ def calc_loss_batch(input_batch, target_batch, model, device, position: str = "l
     """Cross entropy between the class scores at ``position`` and the true class ids of one batch (lecture 04)."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = classifier_logits(model, input_batch, position, pad_token_id)
+    _check_class_ids(target_batch, logits.shape[-1])
     return F.cross_entropy(logits, target_batch)
+
+
+def _check_class_ids(target_batch: torch.Tensor, num_classes: int) -> None:
+    if target_batch.dtype.is_floating_point or target_batch.dtype == torch.bool or target_batch.dtype.is_complex:
+        raise TypeError(f"The targets must be class ids (integers 0 to {num_classes - 1}), got a {target_batch.dtype} "
+                        "tensor; convert the labels with encode_labels (or .long()).")
+    if target_batch.numel() and bool(((target_batch < 0) | (target_batch >= num_classes)).any()):
+        wrong = sorted({int(t) for t in target_batch.flatten().tolist() if not 0 <= t < num_classes})
+        raise ValueError(f"The targets hold class id(s) {wrong[:5]}, but the head scores {num_classes} classes "
+                         f"(ids 0 to {num_classes - 1}): the labels and add_classification_head(model, num_classes) "
+                         "disagree.")
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None, position: str = "last",
@@ -164,6 +179,8 @@ def classify_review(text: str, model, tokenizer, device, max_length: int | None 
     padded up to that length. Without ``max_length`` it is only cut to the context length. Pass the
     training set's ``max_length``: the model learnt to read the class at that position.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"classify_review classifies a text (a str), got a {type(text).__name__}: {text!r:.80}.")
     ids = tokenizer.encode(text)
     limit = context_length(model) if max_length is None else cap_max_length(max_length, model)
     ids = ids[:limit]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -29,7 +30,9 @@ def mean_over_loader(data_loader: Iterable, batch_fn: Callable, num_batches: int
     Runs without gradients: the result is a plain float, so a graph would only cost memory (the course
     wraps its calls in ``torch.no_grad()``; here that happens inside). The model's train/eval mode is
     not touched. Returns ``nan`` when there is nothing to average (an empty loader, ``num_batches=0``),
-    as the course does for an empty loader, rather than dividing by zero. Lectures 01, 02 and 04 use it.
+    as the course does for an empty loader, rather than dividing by zero; a loader that gives no batch at all
+    also warns why (the classic pitfall: a batch larger than the data set with ``drop_last=True``).
+    Lectures 01, 02 and 04 use it.
     """
     total, weight = 0.0, 0
     with torch.no_grad():
@@ -37,6 +40,17 @@ def mean_over_loader(data_loader: Iterable, batch_fn: Callable, num_batches: int
             amount, count = batch_fn(input_batch, target_batch)
             total += float(amount)
             weight += count
+    if not weight and num_batches != 0:
+        dataset = getattr(data_loader, "dataset", None)
+        size = len(dataset) if hasattr(dataset, "__len__") else None
+        if size == 0:
+            why = "its data set is empty"
+        elif size is not None and getattr(data_loader, "drop_last", False):
+            why = (f"its data set holds {size} examples, fewer than batch_size={data_loader.batch_size}, and "
+                   "drop_last=True drops the incomplete batch: use a smaller batch_size or drop_last=False")
+        else:
+            why = "it is empty"
+        warnings.warn(f"The loader gave no batches ({why}), so the mean is nan.", stacklevel=3)
     return total / weight if weight else float("nan")
 
 

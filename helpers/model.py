@@ -333,6 +333,10 @@ class GPTModel(nn.Module):
 
     def embed(self, in_idx, past: int = 0):
         """Token plus position embeddings (then dropout) for ids at positions ``past``, ``past + 1``, ..."""
+        if in_idx.dim() != 2 or in_idx.dtype.is_floating_point or in_idx.dtype == torch.bool:
+            raise ValueError(f"GPTModel takes a batch of token ids, an integer tensor of shape (batch, tokens); got a "
+                             f"{in_idx.dtype} tensor of shape {tuple(in_idx.shape)}. For one sequence, add the batch "
+                             "dimension: ids.unsqueeze(0).")
         _, seq_len = in_idx.shape
         if past + seq_len > self.cfg["context_length"]:
             raise ValueError(

@@ -93,6 +93,9 @@ def create_balanced_dataset(df: pd.DataFrame, seed: int = 123) -> pd.DataFrame:
 
     Rows come class by class (in :func:`class_names_of` order); :func:`random_split` shuffles them.
     """
+    if df[LABEL_COLUMN].nunique() < 2:
+        raise ValueError(f"create_balanced_dataset needs messages of at least two classes; the {LABEL_COLUMN} column "
+                         f"holds only {df[LABEL_COLUMN].unique().tolist()}.")
     n = int(df[LABEL_COLUMN].value_counts().min())
     parts = []
     for name in class_names_of(df):

@@ -237,3 +237,42 @@ def test_train_classifier_simple_records_accuracy_and_examples():
     assert len(history.extra["train_acc"]) == len(history.extra["val_acc"]) == 3
     assert history.extra["train_acc"][-1] == clf.calc_accuracy_loader(batches, model, "cpu")
     assert history.train_losses[-1] < history.train_losses[0]
+
+
+# --------------------------------------------------------------------------- bad input: a message, not a traceback
+
+
+def _loader(targets):
+    inputs = torch.randint(0, 50, (len(targets), 6))
+    return DataLoader(TensorDataset(inputs, torch.as_tensor(targets)), batch_size=len(targets))
+
+
+@pytest.mark.parametrize("targets, error, message", [
+    ([0, 1, 2, 3], ValueError, r"class id\(s\) \[2, 3\], but the head scores 2 classes"),
+    ([0, -1], ValueError, r"class id\(s\) \[-1\]"),
+    ([0.0, 1.0], TypeError, "must be class ids .*float32"),
+    ([True, False], TypeError, "must be class ids"),
+])
+def test_classification_loss_explains_labels_that_do_not_fit_the_head(targets, error, message):
+    model = tiny_classifier()
+    with pytest.raises(error, match=message):
+        clf.calc_loss_loader(_loader(targets), model, "cpu")
+
+
+def test_bad_classification_inputs_get_a_message():
+    model = tiny_classifier()
+    with pytest.raises(TypeError, match="classifies a text"):
+        clf.classify_review(None, model, get_tokenizer(), "cpu")
+    with pytest.raises(TypeError, match="needs a GPTModel"):
+        clf.add_classification_head(nn.Linear(4, 4), 2)
+    with pytest.raises(ValueError, match="add the batch dimension"):
+        clf.classifier_logits(model, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model(torch.zeros(1, 5))
+
+
+def test_an_empty_loader_warns_why_the_mean_is_nan():
+    empty = DataLoader(TensorDataset(torch.zeros(3, 6, dtype=torch.long), torch.zeros(3, dtype=torch.long)),
+                       batch_size=8, drop_last=True)
+    with pytest.warns(UserWarning, match="gave no batches .its data set holds 3 examples, fewer than batch_size=8, and drop_last=True"):
+        assert math.isnan(clf.calc_accuracy_loader(empty, tiny_classifier(), "cpu"))

@@ -207,3 +207,8 @@ def test_loaders_can_train_on_the_first_messages_only(tmp_path):
     for bad in (0, 4):
         with pytest.raises(ValueError, match="train_examples"):
             sd.create_spam_loaders(ds, ds, ds, train_examples=bad)
+
+
+def test_balancing_needs_two_classes():
+    with pytest.raises(ValueError, match="at least two classes.*only \\['ham'\\]"):
+        sd.create_balanced_dataset(pd.DataFrame({"Label": ["ham", "ham"], "Text": ["a", "b"]}))
