@@ -126,7 +126,9 @@ def _open(page, lab, name: str) -> None:
 def _run_all_and_wait(page, timeout_s: float, progress_shot: str | None = None) -> None:
     """Run All Cells and wait until every cell ran. With ``progress_shot``, first wait for a tqdm progress bar
     to render as a widget while training runs (the loops close their bars when done), and screenshot it."""
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # Start Run All without awaiting it: execute() returns a promise that settles when every cell has run,
+    # and page.evaluate would wait for it, long after the training cell's progress bars have closed.
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
     if progress_shot:
         bar = page.locator(".jp-OutputArea-output .widget-hprogress").first  # ipywidgets 8: a horizontal progress bar
         bar.wait_for(state="attached", timeout=timeout_s * 1000)
