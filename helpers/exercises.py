@@ -35,6 +35,7 @@ import copy
 import difflib
 import math
 import random
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -187,15 +188,15 @@ def check(exercise_id: str, answer, *, strict: bool = False, quiet: bool = False
             note = exercise.checker(answer)
     except _Unanswered:
         result = Result(exercise.id, "unanswered",
-                        f"· {exercise.id} ({exercise.title}) is waiting for your answer.\n  {exercise.task}\n"
+                        f"· {exercise.id} ({exercise.title}) is waiting for your answer.\n{_indented(exercise.task)}\n"
                         f"  Then run the cell again. Stuck? hint({exercise.id!r})")
     except Wrong as wrong:
         result = Result(exercise.id, "wrong",
-                        f"✘ {exercise.id} ({exercise.title}): not yet.\n  {wrong}\n"
+                        f"✘ {exercise.id} ({exercise.title}): not yet.\n{_indented(str(wrong))}\n"
                         f"  Fix it and run the cell again. A nudge: hint({exercise.id!r})")
     else:
         result = Result(exercise.id, "correct",
-                        f"✔ {exercise.id} ({exercise.title}): correct." + (f"\n  {note}" if note else ""))
+                        f"✔ {exercise.id} ({exercise.title}): correct." + (f"\n{_indented(note)}" if note else ""))
     if not quiet:
         print(result.message)
     if strict and not result.passed:
@@ -203,10 +204,16 @@ def check(exercise_id: str, answer, *, strict: bool = False, quiet: bool = False
     return result
 
 
+def _indented(text: str, width: int = 110) -> str:
+    """Each line of ``text`` wrapped to ``width`` and indented by two spaces."""
+    return "\n".join(textwrap.fill(line.strip(), width, initial_indent="  ", subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False) for line in text.splitlines())
+
+
 def hint(exercise_id: str) -> None:
     """Print a hint for exercise ``exercise_id``: a direction, never the code (lectures 01-06)."""
     exercise = get_exercise(exercise_id)
-    print(f"Hint for {exercise.id} ({exercise.title}): {exercise.hint}")
+    print(f"Hint for {exercise.id} ({exercise.title}):\n{_indented(exercise.hint)}")
 
 
 # --------------------------------------------------------------------------------- small tools
@@ -547,7 +554,7 @@ def _check_perplexity(fn) -> str:
 
 @_exercise(
     "01.uniform_loss", "the loss of a uniform guess",
-    task="""Set answer to the cross-entropy loss (a number) of a model that gives every one of GPT-2's 50,257
+    task="""Set uniform_loss to the cross-entropy loss (a number) of a model that gives every one of GPT-2's 50,257
     tokens the same probability, at every position.""",
     hint="""If every token gets the same probability p, the correct token gets p too, and the loss is -ln p.
     What is p for 50,257 tokens?""",
@@ -555,7 +562,7 @@ def _check_perplexity(fn) -> str:
 def _check_uniform_loss(answer) -> str:
     vocab = 50257
     expected = float(_lm_loss(torch.zeros(1, 1, vocab), torch.zeros(1, 1, dtype=torch.long)))   # equal logits
-    got = _number(answer, "answer")
+    got = _number(answer, "uniform_loss")
     if math.isclose(got, expected, rel_tol=1e-3):
         return "An untrained model scores about this: lecture 01's untrained loss is close to 10.8."
     said = f"Your answer is {_fmt(got)}, expected {_fmt(expected)}"
@@ -1389,7 +1396,7 @@ def _check_masked_loss(fn) -> str:
 
 @_exercise(
     "05.alpaca_steps", "one epoch of the full Alpaca data",
-    task="""Stanford's Alpaca data has 52,002 entries in the same format as lecture 05's. Set answer to the
+    task="""Stanford's Alpaca data has 52,002 entries in the same format as lecture 05's. Set alpaca_steps to the
     number of optimizer steps in one epoch if you split it with split_data (85% for training) and train with
     batch_size 8 (the training loader drops an incomplete last batch).""",
     hint="""First the number of training entries (split_data keeps int(52,002 * 0.85)), then how many whole
@@ -1399,7 +1406,7 @@ def _check_alpaca_steps(answer) -> str:
     n, batch_size = 52002, 8
     train = split_data(list(range(n))).train
     expected = len(DataLoader(train, batch_size=batch_size, drop_last=True))
-    got = _number(answer, "answer")
+    got = _number(answer, "alpaca_steps")
     if got == expected:
         return (f"{expected:,} steps: about {expected / 116:.0f} times lecture 05's 116 steps per epoch of the 1,100 "
                 "entries, so hours on a GPU and days on a CPU for GPT-2 medium.")
@@ -1558,7 +1565,7 @@ _B_ZERO = {
 
 @_exercise(
     "06.b_zero", "why B starts at zero",
-    task="""LoRA initialises B with zeros and A at random. Why? Set answer to "a", "b", "c" or "d": (a) """
+    task="""LoRA initialises B with zeros and A at random. Why? Set b_zero_choice to "a", "b", "c" or "d": (a) """
          + _B_ZERO["a"] + "; (b) " + _B_ZERO["b"] + "; (c) " + _B_ZERO["c"] + "; (d) " + _B_ZERO["d"] + ".",
     hint="""What is B A x when B = 0? And what does the wrapped model then compute before its first training
     step?""",
