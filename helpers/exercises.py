@@ -1408,8 +1408,8 @@ def _check_alpaca_steps(answer) -> str:
     expected = len(DataLoader(train, batch_size=batch_size, drop_last=True))
     got = _number(answer, "alpaca_steps")
     if got == expected:
-        return (f"{expected:,} steps: about {expected / 116:.0f} times lecture 05's 116 steps per epoch of the 1,100 "
-                "entries, so hours on a GPU and days on a CPU for GPT-2 medium.")
+        return (f"{expected:,} steps: about {expected / 116:.0f} times lecture 05's 116 steps per epoch of its 1,100 "
+                "entries: one epoch takes that many times as long as one epoch of lecture 05's full profile.")
     said = f"Your answer is {_fmt(got)}, expected {expected:,}"
     candidates = [
         (n // batch_size, f"{said}: only the training part (85%) is trained on."),
