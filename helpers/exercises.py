@@ -308,8 +308,11 @@ def _compare(got, expected: torch.Tensor, candidates, what: str) -> None:
         raise Wrong(f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}.")
     if not torch.isfinite(got.double()).all():
         raise Wrong(f"{what} contains nan or inf where every value should be finite.")
-    raise Wrong(f"{what} has the right shape {tuple(got.shape)} but different values: e.g. "
-                f"{_fmt(float(got.flatten()[0]))} where {_fmt(float(expected.flatten()[0]))} was expected.")
+    differ = ~torch.isclose(got.double(), expected.double(), rtol=1e-4, atol=1e-5)
+    where = tuple(int(i) for i in differ.nonzero()[0])
+    raise Wrong(f"{what} has the right shape {tuple(got.shape)} but {int(differ.sum())} of its {got.numel()} values "
+                f"differ: at index {where} it holds {_fmt(float(got[where]))} where {_fmt(float(expected[where]))} "
+                "was expected.")
 
 
 def _module_name(parameter_name: str) -> str:
@@ -368,7 +371,7 @@ def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return calc_loss_batch(dummy_inputs, targets, _FixedOutput(logits), "cpu")
 
 
-def _choice(answer, options: dict[str, str], what: str = "answer") -> str:
+def _choice(answer, options: dict[str, str]) -> str:
     """A multiple-choice answer ("b", "(b)", "B") as one lower-case letter among ``options``."""
     if not isinstance(answer, str):
         raise Wrong(f"Answer with one of the letters {', '.join(repr(k) for k in options)} (a string), "
@@ -394,7 +397,8 @@ _WINDOW_ERRORS = {"out of range": "Index errors usually mean the last window run
     the last window needs max_length + 1 tokens of text. Count the windows with range(start, stop, stride).""",
 )
 def _check_input_target_pairs(fn) -> str:
-    cases = [(40, 8, 8), (41, 8, 4), (33, 5, 7), (9, 8, 3), (25, 6, 1)]   # exact fit, overlap, gaps, one window
+    # windows up to the last token; a last start at exactly n - max_length; overlap; gaps; one window; stride 1
+    cases = [(33, 8, 8), (40, 8, 8), (41, 8, 4), (33, 5, 7), (9, 8, 3), (25, 6, 1)]
     for n, max_length, stride in cases:
         ids = torch.randint(0, 50257, (n,))
         dataset = GPTDatasetV1(_ids_text(ids), _IdsTokenizer(), max_length, stride)
@@ -1087,7 +1091,7 @@ def _check_pad(fn) -> str:
                                "Your rows are one token longer than the longest message: no extra padding needed."))
         _compare(got, expected, candidates, f"Your padded batch (max_length={max_length})")
     return ("Lecture 04 pads to the longest training message (120 tokens); padding to GPT-2's full context would "
-            "make every step process 1024 positions instead, about 8.5 times the work, for the same messages.")
+            "make every step process 1024 positions per message instead, 8.5 times as many, for the same messages.")
 
 
 @_exercise(

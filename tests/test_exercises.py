@@ -327,6 +327,8 @@ WRONG = [
      "not shifted by one"),
     ("01.input_target_pairs", lambda ids, n, s: _pairs(ids, n, 1), "instead of by stride"),
     ("01.input_target_pairs", lambda ids, n, s: [(ids[i:i + n], ids[i + 1:i + n + 1])
+                                                  for i in range(0, len(ids) - n - 1, s)], "You stop one window early"),
+    ("01.input_target_pairs", lambda ids, n, s: [(ids[i:i + n], ids[i + 1:i + n + 1])
                                                   for i in range(0, len(ids) - n + 1, s)], "max_length + 1"),
     ("01.target_probas", lambda logits, t: logits.gather(-1, t.unsqueeze(-1)).squeeze(-1), "not probabilities"),
     ("01.target_probas", lambda logits, t: torch.softmax(logits, -1).max(-1).values, "favourite token"),
@@ -468,6 +470,11 @@ def test_an_error_in_the_learners_code_is_feedback_not_a_crash(capsys):
     result = check("01.perplexity", lambda loss: undefined_name)  # noqa: F821
     assert result.status == "wrong"
     assert "raised NameError" in capsys.readouterr().out
+
+
+def test_a_wrong_value_is_located_when_no_known_slip_matches():
+    result = check("04.last_token", lambda out: out[:, -1, :] + (torch.arange(out.shape[-1]) == 1), quiet=True)
+    assert "values differ: at index (0, 1)" in " ".join(result.message.split())
 
 
 def test_a_forgotten_return_is_named(capsys):
