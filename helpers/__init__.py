@@ -4,7 +4,8 @@ One module per concept (the README's table lists them all): ``runtime`` (profile
 ``files`` (atomic writes), ``tokenizer``, ``download``, ``data``, ``model``, ``losses``, ``generation``,
 ``history``, ``training``, ``checkpoints``, ``plotting``, ``gpt2_files``, ``gpt2_formats``, ``weights``,
 ``spam_data``, ``classifier``, ``prefix_cache``, ``lora``, ``instruction``, ``evaluation``, ``perf``,
-``prepare`` and ``shards`` (token shards), ``pretrain`` (the script) and ``lectures`` (the runner).
+``prepare`` and ``shards`` (token shards), ``pretrain`` (the script), ``exercises`` (the lectures' exercises
+and their checker) and ``lectures`` (the runner).
 """
 
 __version__ = "0.1.0"

@@ -20,6 +20,7 @@ from . import runtime
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+SOLUTIONS_DIR = NOTEBOOKS_DIR / "solutions"
 BUILD_DIR = REPO_ROOT / "build" / "lectures"
 
 
@@ -33,6 +34,11 @@ class LectureResult:
 
 def list_notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def list_solutions(folder: Path = SOLUTIONS_DIR) -> list[Path]:
+    """The worked solutions to the lectures' exercises: ``solutions/NN_<lecture>_solutions.ipynb``."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*_solutions.ipynb"))
 
 
 def execute_notebook(

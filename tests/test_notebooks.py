@@ -1,4 +1,5 @@
-"""Every lecture notebook runs top to bottom in the quick profile, and is committed without outputs."""
+"""Every lecture notebook runs top to bottom in the quick profile, and is committed without outputs; so does every
+solutions notebook (the worked solutions to the lectures' exercises, each passed through the checker)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
+from nbclient.exceptions import CellExecutionError
 
 from helpers import lectures
 
 NOTEBOOKS = lectures.list_notebooks()
+SOLUTIONS = lectures.list_solutions()
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -21,11 +25,19 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no NN_name.ipynb files"
 
 
+def test_every_lecture_has_its_solutions_notebook():
+    assert [p.name for p in SOLUTIONS] == [f"{p.stem}_solutions.ipynb" for p in NOTEBOOKS]
+
+
+def _repository_of(path: Path) -> Path | None:
+    return next((folder for folder in path.resolve().parents if (folder / ".git").exists()), None)
+
+
 def committed_text(path: Path) -> str:
     """The notebook as git would commit it: the staged copy after git's clean filter (nbstripout, set up by
     ``make setup``). Outside a git checkout, or for a file git does not track yet, the file itself."""
-    repo = path.resolve().parent.parent
-    if shutil.which("git") and (repo / ".git").exists():
+    repo = _repository_of(path)
+    if shutil.which("git") and repo is not None:
         relative = path.resolve().relative_to(repo).as_posix()
         shown = subprocess.run(["git", "-C", str(repo), "show", f":{relative}"], capture_output=True, check=False)
         if shown.returncode == 0:
@@ -44,7 +56,7 @@ def output_cells(text: str) -> list[int]:
             if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_committed_without_outputs(path):
     """What is (or would be) committed has no outputs; outputs JupyterLab saved into the working copy are
     fine as long as git's filter strips them."""
@@ -98,3 +110,31 @@ def test_notebook_runs_in_quick_profile(path, tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "lectures-build"
     result = lectures.execute_notebook(path, out, profile="quick", timeout=900)
     assert result.executed.exists()
+
+
+@pytest.mark.notebook
+def test_solutions_notebooks_run(tmp_path):
+    """Every worked solution passes its exercise's checker (``strict=True``: a wrong solution raises).
+
+    The solutions notebooks run one after another in one kernel, the namespace cleared between them (``%reset -f``),
+    so each must still import and define everything it uses; sharing the kernel saves a kernel start and an import
+    of PyTorch per notebook. A failure names the notebook and the cell.
+    """
+    combined = nbformat.v4.new_notebook(metadata=nbformat.read(SOLUTIONS[0], as_version=4).metadata)
+    for path in SOLUTIONS:
+        reset = nbformat.v4.new_code_cell("%reset -f", id=f"reset-{path.stem[:2]}")
+        cells = [reset, *nbformat.read(path, as_version=4).cells]
+        for cell in cells:
+            cell.metadata["solutions_notebook"] = path.name
+        combined.cells.extend(cells)
+    target = tmp_path / "solutions" / "all_solutions.ipynb"
+    target.parent.mkdir()
+    nbformat.write(combined, target)
+    try:
+        lectures.execute_notebook(target, tmp_path / "executed", profile="quick", timeout=120)
+    except CellExecutionError as err:
+        executed = nbformat.read(tmp_path / "executed" / target.name, as_version=4)
+        failed = next((c for c in executed.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))),
+                      None)
+        where = f"{failed.metadata['solutions_notebook']}, cell {failed.id}" if failed is not None else "a solutions notebook"
+        pytest.fail(f"{where} failed:\n{str(err)[-3000:]}")
