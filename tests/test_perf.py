@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from benchmarks.__main__ import Spec, run_isolated
 from helpers import model as M
 from helpers.losses import calc_loss_batch
 from helpers.perf import FastPath, autocast, precision, prepare_model
@@ -69,7 +70,7 @@ def test_benchmark_runs_quick(tmp_path):
     """``python -m benchmarks --quick`` runs end to end and writes its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--steps", "2", "--warmup", "1",
-                           "--device", "cpu", "--pad-vocab", "64", "--out", str(out)],
+                           "--device", "cpu", "--pad-vocab", "64", "--in-process", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
@@ -80,6 +81,14 @@ def test_benchmark_runs_quick(tmp_path):
     padded = [r for r in results if r.get("pad_vocab")]
     assert len(padded) == 1 and padded[0]["options"]["pad_vocab_multiple"] == 64
     assert "x vs fast" in proc.stdout
+
+
+def test_a_benchmark_runs_in_a_fresh_process():
+    """The real runs measure each spec in its own interpreter (own peak memory): one tiny spec that way."""
+    spec = Spec(kind="train", name="tiny", path="fast", device="cpu", steps=1, warmup=0, config="tiny",
+                overrides={"context_length": 32}, batch=2)
+    measurement = run_isolated(spec)
+    assert measurement.spec == spec and measurement.tokens_per_s > 0 and measurement.peak_memory_mb > 0
 
 
 def _tf32_flags():
