@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import subprocess
 import threading
 from pathlib import Path
 from time import sleep  # bound here: tests that stub time.sleep for the downloader keep the trickle
@@ -117,3 +118,20 @@ def verdict_text():
     from helpers import data
 
     return data.read_text("the-verdict")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path, request):
+    """A tiny tmpfs, 32 KiB unless parametrized (``indirect=True``) with another size such as "256k", for
+    really-full-disk tests. Needs root and a kernel that allows the mount; skipped elsewhere."""
+    size = getattr(request, "param", "32k")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here: " + made.stderr.decode(errors="replace").strip())
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

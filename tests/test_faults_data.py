@@ -354,23 +354,6 @@ def test_prefetch_succeeds_with_status_zero(http_server, offline_cache, book_ent
     assert "FAILED" not in capsys.readouterr().out
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 32 KiB tmpfs (needs root and a kernel that allows the mount; skipped elsewhere)."""
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here: " + made.stderr.decode(errors="replace").strip())
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
-
 def test_a_full_disk_while_unpacking_is_a_write_error(http_server, monkeypatch, small_filesystem, spam_entry):
     """The zip (1 kB) fits, its member (68 kB) does not: the error says so and nothing half-written stays."""
     monkeypatch.setenv("LECTURES_CACHE", str(small_filesystem))

@@ -269,21 +269,6 @@ def test_a_destination_that_is_a_folder_is_a_write_error(http_server, tmp_path):
         fetch(paths(http_server, "/f"), tmp_path / "f.bin")
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 32 KiB tmpfs (needs root and a kernel that allows the mount; skipped elsewhere)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here: " + made.stderr.decode(errors="replace").strip())
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
-
 def test_a_full_disk_stops_at_once_and_says_so(http_server, small_filesystem):
     http_server.routes["/f"] = (200, BODY, {})
     http_server.routes["/backup"] = (200, BODY, {})

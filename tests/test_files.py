@@ -106,23 +106,7 @@ def test_mode_is_checked(tmp_path):
             pass
 
 
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A 256 KiB tmpfs (needs root and a kernel that allows the mount; skipped elsewhere)."""
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if made.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here: " + made.stderr.decode(errors="replace").strip())
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-
-
+@pytest.mark.parametrize("small_filesystem", ["256k"], indirect=True)
 def test_a_really_full_disk(small_filesystem):
     target = small_filesystem / "big.pt"
     (small_filesystem / "old.txt").write_text("kept")
