@@ -32,8 +32,9 @@ import torch
 from helpers import classifier as clf
 from helpers.files import atomic_write_json
 from helpers.model import GPTModel, get_config
-from helpers.perf import FastPath, make_optimizer
+from helpers.perf import FastPath
 from helpers.prefix_cache import cache_frozen_prefix
+from helpers.training import make_optimizer
 
 LECTURE_04 = {"epochs": 5, "steps_per_epoch": 130, "train_examples": 1045, "val_examples_read": 40,
               "eval_batches": 13 * 10 + 5 * 10}

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import data, lectures, runtime, weights
-from .download import DownloadError
+from .download import one_line
 
 
 def _lectures(args) -> int:
@@ -21,22 +21,24 @@ def _lectures(args) -> int:
 
 
 def _prefetch(args) -> int:
+    """Fetch each file; a failure is reported in one line and the rest still run. Exit status 1 if any failed."""
     print(f"Cache: {runtime.cache_dir()}")
     failed = 0
     for name in args.data or data.LECTURE_DATA:
         try:
             print(f"  {name:18s} {data.fetch(name)}")
-        except DownloadError as err:
+        except Exception as err:  # any failure of one file must not stop the others
             failed += 1
-            print(f"  {name:18s} FAILED: {str(err).splitlines()[0]}")
-    for size in args.gpt2:
+            print(f"  {name:18s} FAILED: {one_line(err)}")
+    for size in [s for s in args.gpt2 if s.lower() != "none"]:
         try:
             weights.prefetch_gpt2(size)
-        except (DownloadError, OSError) as err:
+        except Exception as err:  # the Hub and TensorFlow raise their own error types
             failed += 1
-            print(f"  GPT-2 {size:5s}      FAILED: {str(err).splitlines()[0]}")
+            print(f"  GPT-2 {size:5s}      FAILED: {one_line(err)}")
     if failed:
-        print(f"{failed} download(s) failed; rerun when online (finished files are kept, partial ones resume).")
+        print(f"{failed} item(s) failed, each named above. Rerun once the cause is fixed (offline: once online); "
+              "finished files are kept and partial downloads resume.")
     return 1 if failed else 0
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="*", default=None, help="data files to fetch (default: the lectures' three files; book-* names add Gutenberg books)")
     p.add_argument(
         "--gpt2", nargs="*", default=["124M", "355M"],
-        help="GPT-2 sizes whose weights to download (default: 124M 355M; pass none to skip)",
+        help="GPT-2 sizes whose weights to download (default: 124M 355M; `--gpt2 none` skips them)",
     )
     p.set_defaults(func=_prefetch)
 

@@ -14,6 +14,8 @@ A *run* is a folder under ``LECTURES_CACHE/runs/<name>/`` with ``history.json`` 
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -171,18 +173,91 @@ def _run_folder(name: str) -> Path:
     return runs_dir() / name
 
 
+def _plain_config(config: dict) -> dict:
+    """A run's config as it is stored in ``config.json`` (plain JSON data), for comparing runs."""
+    return json.loads(json.dumps(config, default=str, sort_keys=True))
+
+
+def settings_hash(config: dict, length: int = 8) -> str:
+    """A short hash of a run's settings: equal settings, equal hash (lecture 02 names runs with it)."""
+    text = json.dumps(_plain_config(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def settings_diff(config: dict, reference: dict) -> dict:
+    """The settings of ``config`` that differ from ``reference`` (nested keys as ``model.drop_rate``).
+
+    Lecture 02 labels reruns with it.
+    """
+    mine, theirs = _flatten(_plain_config(config)), _flatten(_plain_config(reference))
+    return {k: mine.get(k) for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)}
+
+
+def _label(diff: dict, limit: int = 3) -> str:
+    parts = [f"{key.rsplit('.', 1)[-1]}{value}" for key, value in list(diff.items())[:limit]]
+    label = "-".join(re.sub(r"[^A-Za-z0-9_.=+-]", "", part) for part in parts)
+    return label[:60]
+
+
+def saved_config(name: str) -> dict | None:
+    """The settings a saved run was trained with (its ``config.json``), or None when there is no such run.
+
+    Lecture 02.
+    """
+    path = _run_folder(name) / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_name_for(name: str, config: dict) -> str:
+    """The name to save a run with ``config`` under, so that no saved run is replaced by a different one.
+
+    Lecture 02 names its runs with it. ``name`` itself when no run of that name exists or the saved one
+    has the same settings (a rerun); otherwise ``name`` followed by what differs from the saved run and a
+    short hash of all settings, e.g. ``lecture02-quick-learning_rate0.001-3f2a9c1e``.
+    """
+    _run_folder(name)  # validates the name
+    existing = saved_config(name)
+    if existing is None or _plain_config(existing) == _plain_config(config):
+        return name
+    label = _label(settings_diff(config, existing))
+    return "-".join(part for part in (name, label, settings_hash(config)) if part)
+
+
 def save_run(name: str, history, model: torch.nn.Module | None = None,
-             optimizer: torch.optim.Optimizer | None = None) -> Path:
+             optimizer: torch.optim.Optimizer | None = None, *, overwrite: bool = False) -> Path:
     """Save a run under ``runs/<name>/``: ``history.json``, ``config.json`` and, with a model, ``checkpoint.pt``.
 
     Lecture 02 compares saved runs.
 
-    Saving again under the same name replaces the run. Returns the run's folder.
+    A saved run is never replaced silently: saving under a name whose run was trained with other settings
+    (``history.config``) raises ``FileExistsError`` unless ``overwrite=True``; pick the name with
+    :func:`run_name_for` to get a free one. A rerun with the same settings replaces the run (it is the
+    same experiment). Returns the run's folder.
     """
     folder = _run_folder(name)
+    existing = saved_config(name)
+    if existing is not None and not overwrite and _plain_config(existing) != _plain_config(history.config):
+        differs = settings_diff(history.config, existing)
+        raise FileExistsError(
+            f"A run called {name!r} with other settings is saved already (differences: {differs}). "
+            f"Save this one as run_name_for({name!r}, history.config) = {run_name_for(name, history.config)!r}, "
+            f"or pass overwrite=True to replace it."
+        )
     folder.mkdir(parents=True, exist_ok=True)
     if model is not None:
-        config = json.loads(json.dumps(history.config, default=str))  # plain data, as in config.json
+        config = _plain_config(history.config)  # plain data, as in config.json
         save_checkpoint(folder / "checkpoint.pt", model, optimizer, run=name, config=config)
     else:
         (folder / "checkpoint.pt").unlink(missing_ok=True)  # a rerun under the same name replaces it all
@@ -191,11 +266,16 @@ def save_run(name: str, history, model: torch.nn.Module | None = None,
     return folder
 
 
-def list_runs() -> list[str]:
-    """Names of the saved runs, oldest first. Lecture 02."""
+def list_runs(match: str | None = None) -> list[str]:
+    """Names of the saved runs, oldest first; ``match`` keeps those matching a pattern (``"lecture02-*"``).
+
+    Lecture 02.
+    """
     if not runs_dir().is_dir():
         return []
     runs = [p for p in runs_dir().iterdir() if (p / "history.json").is_file()]
+    if match is not None:
+        runs = [p for p in runs if fnmatch.fnmatchcase(p.name, match)]
     return [p.name for p in sorted(runs, key=lambda p: (p / "history.json").stat().st_mtime)]
 
 

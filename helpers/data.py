@@ -6,7 +6,11 @@
 2. the mirror folder (``LECTURES_MIRROR``), copied into the cache,
 3. the network: the canonical URL, then the backups (see :mod:`helpers.download`).
 
-A file is only ever used after its SHA-256 matched the registry.
+A file is only ever used after it passed the registry's checks, and it is checked the same way
+wherever it comes from (a cached copy that fails is replaced; a download that fails is deleted and
+the next URL tried): the lecture files have a pinned SHA-256 and size (the SMS data's is checked on
+the file inside the zip, before the zip is accepted); the Project Gutenberg books, which could not be
+pinned, get a content check known in advance (:func:`gutenberg_problem`).
 
 Run ``python -m helpers prefetch`` before class to download everything the series needs.
 """
@@ -17,6 +21,8 @@ import re
 import shutil
 import warnings
 import zipfile
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,8 +31,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import runtime
-from .download import DownloadError, copy_verified, download, is_valid, sha256sum, verify_file
-from .files import atomic_write, atomic_write_text, commit_part
+from .download import (
+    CHUNK,
+    OFFLINE_HINT,
+    DownloadError,
+    IntegrityError,
+    copy_verified,
+    download,
+    folder_lock,
+    verify_file,
+)
+from .files import atomic_write, commit_part, describe_read_error, explain_write_error, part_path, read_error
 from .tokenizer import get_tokenizer
 
 
@@ -37,11 +52,13 @@ class DataFile:
     name: str
     filename: str
     urls: tuple[str, ...]
-    sha256: str | None  # None: not pinned; the hash of the first download is recorded and enforced
+    sha256: str | None  # None: not pinned (then ``check`` must say what a good copy looks like)
     size: int | None
     description: str
     license: str
     zip_member: str | None = None  # set when the URLs serve a zip archive holding the file
+    check: Callable[[Path], str | None] | None = None  # what is wrong with a copy's content, or None
+    max_bytes: int | None = None  # the most bytes a download may have (the zip's, for a zipped file)
 
 
 REGISTRY: dict[str, DataFile] = {
@@ -70,6 +87,7 @@ REGISTRY: dict[str, DataFile] = {
             description="UCI SMS Spam Collection: 5,574 messages labelled ham or spam (lecture 04)",
             license="CC BY 4.0",
             zip_member="SMSSpamCollection",
+            max_bytes=2_000_000,  # the zip (about 200 kB: the file above, deflated, and a readme)
         ),
         DataFile(
             name="instruction-data",
@@ -90,8 +108,44 @@ LECTURE_DATA = tuple(REGISTRY)
 
 # Public-domain books from Project Gutenberg: a larger pretraining corpus than The Verdict
 # (helpers.pretrain --corpus books). Their checksums could not be pinned when this registry was
-# written (no network), so the first download's SHA-256 is recorded beside the file and enforced
-# from then on.
+# written (no network), and Project Gutenberg edits its files now and then; so every copy, cached or
+# downloaded, must pass gutenberg_problem() instead: plain UTF-8 text of a plausible size, with the
+# START and END lines that frame every Project Gutenberg book (an error page fails, and so does a
+# body cut short). That is weaker than a hash: a complete book that someone edited would pass.
+BOOK_MIN_BYTES = 50_000  # the shortest book here, Alice, is about 170 kB
+BOOK_MAX_BYTES = 20_000_000
+GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.M | re.I)
+GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK", re.M | re.I)
+
+
+def gutenberg_problem(path: str | Path) -> str | None:
+    """What is wrong with a copy of a Project Gutenberg book, or None when it looks like one.
+
+    Lecture 02's larger corpus is made of such books. The checks, all known before any download:
+    a size between :data:`BOOK_MIN_BYTES` and :data:`BOOK_MAX_BYTES`, not an HTML page, UTF-8 text,
+    and a ``*** START OF THE PROJECT GUTENBERG EBOOK`` line followed by an ``*** END OF ...`` line.
+    """
+    size = Path(path).stat().st_size
+    if not BOOK_MIN_BYTES <= size <= BOOK_MAX_BYTES:
+        return (f"{size:,} bytes, but a book here has between {BOOK_MIN_BYTES:,} and {BOOK_MAX_BYTES:,} "
+                f"(an error page, or a download cut short?)")
+    raw = Path(path).read_bytes()
+    head = raw[:4096].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith(b"<") or b"<html" in head:
+        return "an HTML page, not the plain-text book"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (undecodable byte at offset {err.start:,})"
+    start = GUTENBERG_START.search(text)
+    if start is None:
+        return "no '*** START OF THE PROJECT GUTENBERG EBOOK' line: not a Project Gutenberg text"
+    end = GUTENBERG_END.search(text, start.end())
+    if end is None:
+        return "no '*** END OF THE PROJECT GUTENBERG EBOOK' line after the start: the text was cut short"
+    return None
+
+
 GUTENBERG_BOOKS = {
     "book-pride-and-prejudice": (1342, "Jane Austen, Pride and Prejudice (1813)"),
     "book-frankenstein": (84, "Mary Shelley, Frankenstein (1818)"),
@@ -111,51 +165,96 @@ for _name, (_number, _title) in GUTENBERG_BOOKS.items():
         size=None,
         description=f"{_title}, from Project Gutenberg",
         license="public domain in the USA (Project Gutenberg licence)",
+        check=gutenberg_problem,
+        max_bytes=BOOK_MAX_BYTES,
     )
 
 
 def data_dir() -> Path:
     """The cache folder for the lectures' data files, ``LECTURES_CACHE/data`` (lectures 01-06)."""
     path = runtime.cache_dir() / "data"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise explain_write_error(path, err) from err
     return path
 
 
-def safe_extract(archive: str | Path, target: str | Path, members: list[str] | None = None) -> list[Path]:
-    """Extract ``members`` (default: all) of a zip into ``target``, refusing any path outside it.
+MAX_EXTRACT_BYTES = 1 << 30  # what safe_extract unpacks at most, in all, unless told otherwise
 
-    Lecture 04's SMS spam data arrives as a zip archive. Each file is written atomically.
 
-    Raises ValueError for absolute paths or ``..`` components (the "zip slip" attack) before
-    anything is written.
+def safe_extract(archive: str | Path, target: str | Path, members: list[str] | None = None, *,
+                 sizes: Mapping[str, int] | None = None, max_bytes: int = MAX_EXTRACT_BYTES) -> list[Path]:
+    """Extract ``members`` (default: all) of a zip into ``target``, checking names and sizes first.
+
+    Lecture 04's SMS spam data arrives as a zip archive. Before anything is written, every member
+    is checked: a name that would land outside ``target`` (absolute, or with ``..``: the "zip slip"
+    attack), a member that is not there, a declared size other than ``sizes[name]``, or declared
+    sizes adding up to more than ``max_bytes`` (a zip bomb) are refused. While writing, each member
+    is cut off, and refused, where it would pass its declared size. Each file is written atomically,
+    so a refused or damaged member leaves nothing behind.
+
+    Raises :class:`helpers.download.IntegrityError` (a ValueError) for all of these and for a file
+    that is not a zip archive or is damaged.
     """
-    target = Path(target).resolve()
-    written = []
-    with zipfile.ZipFile(archive) as zf:
-        names = members if members is not None else [i.filename for i in zf.infolist() if not i.is_dir()]
+    archive, target, sizes = Path(archive), Path(target).resolve(), dict(sizes or {})
+    try:
+        zf = zipfile.ZipFile(archive)
+    except OSError as err:
+        raise read_error(archive, err, "a zip archive") from err
+    except (zipfile.BadZipFile, ValueError, EOFError, OverflowError) as err:
+        raise IntegrityError(f"{archive.name} is not a zip archive, or a damaged one (an error page, or "
+                             f"a download cut short?): {err}") from err
+    with zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        names = members if members is not None else [n for n, info in infos.items() if not info.is_dir()]
+        plan, total = [], 0
         for name in names:
             out = (target / name).resolve()
             if target != out and target not in out.parents:
-                raise ValueError(f"Refusing to extract {name!r} from {archive}: it would land outside {target}.")
-        for name in names:
-            out = (target / name).resolve()
-            with zf.open(name) as src, atomic_write(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            written.append(out)
-    return written
+                raise IntegrityError(f"Refusing to extract {name!r} from {archive}: it would land outside {target}.")
+            info = infos.get(name)
+            if info is None:
+                raise IntegrityError(f"{archive.name} holds no {name!r} (it holds: {', '.join(sorted(infos)) or 'nothing'}).")
+            expected = sizes.get(name)
+            if expected is not None and info.file_size != expected:
+                raise IntegrityError(f"{name!r} in {archive.name} would unpack to {info.file_size:,} bytes, "
+                                     f"expected {expected:,}: refused before writing anything.")
+            total += info.file_size
+            if total > max_bytes:
+                raise IntegrityError(f"{archive.name} would unpack to more than {max_bytes:,} bytes (a zip bomb?): "
+                                     f"refused before writing anything.")
+            plan.append((name, out, info.file_size))
+        return [_extract_member(zf, archive, name, out, limit) for name, out, limit in plan]
 
 
-def _recorded_sha256(entry: DataFile, dest: Path) -> str | None:
-    """The pinned SHA-256, or for an unpinned file the one recorded at its first download."""
-    if entry.sha256 is not None:
-        return entry.sha256
-    sidecar = dest.with_name(dest.name + ".sha256")
-    return sidecar.read_text().strip() if sidecar.is_file() else None
+def _extract_member(zf: zipfile.ZipFile, archive: Path, name: str, out: Path, limit: int) -> Path:
+    """Write one member to ``out`` atomically, stopping where it would pass ``limit`` bytes."""
+    try:
+        with zf.open(name) as src, atomic_write(out, "wb") as dst:
+            written = 0
+            while block := src.read(CHUNK):
+                written += len(block)
+                if written > limit:
+                    raise IntegrityError(f"{name!r} in {archive.name} unpacks to more than the {limit:,} bytes "
+                                         f"it declares: stopped there, nothing kept.")
+                dst.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+        # a bad CRC, a broken deflate stream, an unknown compression method, a password
+        raise IntegrityError(f"{name!r} in {archive.name} could not be unpacked ({type(err).__name__}: {err}): "
+                             f"the archive is damaged or of a kind we cannot read.") from err
+    return out
 
 
-def _record_sha256(entry: DataFile, path: Path) -> None:
-    if entry.sha256 is None:
-        atomic_write_text(path.with_name(path.name + ".sha256"), sha256sum(path) + "\n")
+def _problem(entry: DataFile, path: Path) -> str | None:
+    """What is wrong with a copy of ``entry`` at ``path`` (size, SHA-256, content), or None."""
+    try:
+        verify_file(path, entry.sha256, entry.size, entry.check)
+    except IntegrityError as err:
+        return str(err)
+    except OSError as err:
+        return describe_read_error(path, err, entry.filename)
+    return None
 
 
 def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
@@ -165,51 +264,96 @@ def _from_mirror(entry: DataFile, dest: Path) -> Path | None:
     candidate = mirror / entry.filename
     if not candidate.is_file():
         return None
-    if not is_valid(candidate, entry.sha256, entry.size):
-        warnings.warn(f"Ignoring {candidate}: it does not match the expected SHA-256 of {entry.filename}.", stacklevel=3)
+    problem = _problem(entry, candidate)
+    if problem is not None:
+        warnings.warn(f"Ignoring {candidate}: it does not match what {entry.filename} must be ({problem}).",
+                      stacklevel=3)
         return None
-    path = copy_verified(candidate, dest, entry.sha256, entry.size)
-    _record_sha256(entry, path)
-    return path
+    return copy_verified(candidate, dest, entry.sha256, entry.size, entry.check)
+
+
+def _member_check(entry: DataFile, staging: Path):
+    """A download check for a zipped entry: its member, unpacked into ``staging``, must pass the entry's checks."""
+
+    def check(archive: Path) -> str | None:
+        shutil.rmtree(staging, ignore_errors=True)
+        sizes = {entry.zip_member: entry.size} if entry.size is not None else None
+        try:
+            (member,) = safe_extract(archive, staging, [entry.zip_member], sizes=sizes)
+            verify_file(member, entry.sha256, entry.size, entry.check)
+        except IntegrityError as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            return str(err)
+        return None
+
+    return check
 
 
 def _from_network(entry: DataFile, dest: Path, progress: bool) -> Path:
     if entry.zip_member is None:
-        return download(entry.urls, dest, entry.sha256, entry.size, progress=progress)
+        return download(entry.urls, dest, entry.sha256, entry.size, check=entry.check,
+                        max_bytes=entry.max_bytes, progress=progress)
     archive = dest.with_name(dest.name + ".zip")
     staging = dest.with_name(dest.name + ".unzipped")
-    download(entry.urls, archive, progress=progress)  # the zip's hash is not pinned; its member's is
     try:
-        (extracted,) = safe_extract(archive, staging, [entry.zip_member])
-        verify_file(extracted, entry.sha256, entry.size)
-        commit_part(extracted, dest)
-    finally:
-        archive.unlink(missing_ok=True)
+        # Each URL's archive is accepted only once the member inside it passed the entry's checks
+        # (the check leaves it unpacked in ``staging``); a broken archive moves on to the next URL.
+        download(entry.urls, archive, check=_member_check(entry, staging), max_bytes=entry.max_bytes,
+                 progress=progress)
+        try:
+            commit_part(staging / entry.zip_member, dest)
+        except OSError as err:
+            raise explain_write_error(dest, err) from err
+    finally:  # the zip is small: no partial copy of it is kept for resuming
+        for leftover in (archive, part_path(archive)):
+            leftover.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
 def fetch(name: str, progress: bool = True) -> Path:
-    """Return the path of a verified copy of the lecture file ``name`` (see :data:`REGISTRY`); lectures 01-05."""
+    """Return the path of a verified copy of the lecture file ``name`` (see :data:`REGISTRY`); lectures 01-05.
+
+    A cached copy that fails the entry's checks is deleted and fetched again (mirror, then network).
+    """
     if name not in REGISTRY:
         raise KeyError(f"Unknown data file {name!r}. Known: {', '.join(sorted(REGISTRY))}.")
     entry = REGISTRY[name]
     dest = data_dir() / entry.filename
-    if dest.is_file() and is_valid(dest, _recorded_sha256(entry, dest), entry.size):
+    if dest.is_file() and _problem(entry, dest) is None:
         return dest
-    dest.unlink(missing_ok=True)  # a corrupt cached copy is never used or kept
+    with folder_lock(dest.parent, entry.filename):  # one process at a time fetches into the cache
+        return _fetch_locked(entry, dest, progress)
+
+
+def _fetch_locked(entry: DataFile, dest: Path, progress: bool) -> Path:
+    if dest.is_file() and _problem(entry, dest) is None:
+        return dest  # another process fetched it while we waited
+    for stale in (dest, dest.with_name(dest.name + ".sha256")):  # .sha256: written by earlier versions
+        try:
+            stale.unlink(missing_ok=True)  # a damaged cached copy is never used or kept
+        except OSError as err:
+            raise explain_write_error(stale, err) from err
     found = _from_mirror(entry, dest)
     if found is not None:
         return found
     try:
-        path = _from_network(entry, dest, progress)
-        _record_sha256(entry, path)
-        return path
+        return _from_network(entry, dest, progress)
     except DownloadError as err:
-        raise DownloadError(
-            f"{err}\nFor {entry.description}: copy {entry.filename} into {dest.parent} "
-            f"or into the folder named by LECTURES_MIRROR, then rerun."
-        ) from None
+        raise DownloadError(_offline_message(entry, dest, err), err.failures, err.offline) from None
+
+
+def _offline_message(entry: DataFile, dest: Path, err: DownloadError) -> str:
+    """What failed, and the one thing to do about it: where to put a copy fetched by other means."""
+    if entry.zip_member is not None:
+        how = (f"download {entry.urls[0]} elsewhere, take {entry.zip_member} out of the zip, and copy it into "
+               f"{dest.parent}")
+    else:
+        how = f"download {entry.urls[0]} elsewhere and save it as {dest}"
+    return (f"Could not get {entry.filename} ({entry.description}). Tried:\n  - " + "\n  - ".join(err.failures)
+            + (f"\n{OFFLINE_HINT}" if err.offline else "")
+            + f"\nConnect and rerun; or {how} (or into a folder named by LECTURES_MIRROR), then rerun."
+            + (f" Its SHA-256 must be {entry.sha256}." if entry.sha256 else ""))
 
 
 def read_text(name: str) -> str:
@@ -222,8 +366,8 @@ def strip_gutenberg(text: str) -> str:
 
     Lecture 02's larger corpus (``python -m helpers.pretrain --corpus books``) is made of such books.
     """
-    start = re.search(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", text, re.M | re.I)
-    end = re.search(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK", text, re.M | re.I)
+    start = GUTENBERG_START.search(text)
+    end = GUTENBERG_END.search(text)
     body = text[start.end() if start else 0 : end.start() if end else len(text)]
     return body.strip().replace("\r\n", "\n")
 
@@ -248,6 +392,8 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt: str, tokenizer, max_length: int, stride: int):
+        if not isinstance(txt, str):
+            raise TypeError(f"GPTDatasetV1 needs the text as a str, got {type(txt).__name__}.")
         if max_length < 1 or stride < 1:
             raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}.")
         token_ids = tokenizer.encode(txt, allowed_special={"<|endoftext|>"})
@@ -282,8 +428,18 @@ def create_dataloader(
     """A DataLoader over :class:`GPTDatasetV1` windows of ``txt`` (the course's ``create_dataloader_v1``).
 
     Lecture 01 teaches it and lecture 02 pretrains with it; :func:`train_val_loaders` makes the usual pair.
+    A loader that would have no batch at all (``drop_last`` with fewer windows than ``batch_size``) is
+    refused with a ValueError that says how many windows there are.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     dataset = GPTDatasetV1(txt, tokenizer or get_tokenizer(), max_length, stride)
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(
+            f"The text gives {len(dataset)} window(s) of {max_length} tokens, fewer than batch_size={batch_size}: "
+            f"with drop_last=True the loader would have no batches at all. Use a smaller batch_size or "
+            f"max_length, a longer text, or drop_last=False."
+        )
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
         num_workers=num_workers, pin_memory=pin_memory,

@@ -119,12 +119,7 @@ def score_responses(
     ``rouge_l_mean`` and ``embedding_similarity_mean``. With ``embeddings=False`` the embedding
     model is not loaded and its entries are None. :func:`scores_table` lays it out as a DataFrame.
     """
-    missing = [i for i, e in enumerate(entries) if response_key not in e]
-    if missing:
-        raise KeyError(
-            f"{len(missing)} entries (first: index {missing[0]}) have no {response_key!r}; "
-            f"generate the responses first (generate_test_responses)."
-        )
+    _check_scored(entries, response_key, reference_key)
     predictions = [e[response_key] for e in entries]
     references = [e[reference_key] for e in entries]
     rouge = rouge_l_scores(predictions, references)
@@ -138,9 +133,32 @@ def score_responses(
     }
 
 
+def _check_scored(entries, response_key: str, reference_key: str = "output") -> None:
+    """Every entry must be a dict holding the response and the reference as text; else say which entry and key."""
+    if not isinstance(entries, (list, tuple)):
+        raise TypeError(f"entries must be a list of dicts, got a {type(entries).__name__}.")
+    missing = [i for i, e in enumerate(entries) if not isinstance(e, dict) or response_key not in e]
+    if missing:
+        raise KeyError(
+            f"{len(missing)} entries (first: index {missing[0]}) have no {response_key!r}; "
+            f"generate the responses first (generate_test_responses)."
+        )
+    for i, entry in enumerate(entries):
+        if reference_key not in entry:
+            raise KeyError(f"Entry {i} has no {reference_key!r}, the reference answer to score against.")
+        for key in (response_key, reference_key):
+            if not isinstance(entry[key], str):
+                raise TypeError(f"Entry {i} holds a {type(entry[key]).__name__} under {key!r}, where text belongs.")
+
+
 def scores_table(entries: list[dict], scores: dict, response_key: str = "model_response"):
     """A pandas DataFrame with one row per entry: instruction, reference, response and its scores (lecture 05)."""
     import pandas as pd
+
+    _check_scored(entries, response_key)
+    if len(scores["rouge_l"]) != len(entries):
+        raise ValueError(f"scores hold {len(scores['rouge_l'])} scores for {len(entries)} entries: "
+                         f"score these entries (score_responses) first.")
 
     table = pd.DataFrame({
         "instruction": [e["instruction"] for e in entries],
@@ -213,6 +231,7 @@ def query_model(
 
 def judge_prompt(entry: dict, json_key: str = "model_response") -> str:
     """The question lecture 05 puts to the judge: instruction, reference answer, response, and how to answer."""
+    _check_scored([entry], json_key)
     return (
         f"Here is a task given to a model:\n`{format_input(entry)}`\n"
         f"A correct answer is: `{entry['output']}`\n"
@@ -256,6 +275,7 @@ def generate_model_scores(
     """
     from tqdm.auto import tqdm
 
+    _check_scored(entries, json_key)
     if client is None:
         available = ollama_models(host, timeout)
         if available is None:

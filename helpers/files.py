@@ -67,8 +67,8 @@ def explain_write_error(path: str | Path, err: BaseException) -> WriteError:
     if code == errno.ENOSPC and isinstance(err, RuntimeError):
         cause += " (PyTorch reports a full disk as 'enforce fail at inline_container.cc')"
     first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-    out = WriteError(code or 0, f"Could not write {path}: {cause}. ({type(err).__name__}: {first_line})")
-    out.filename = str(path)
+    out = WriteError(f"Could not write {path}: {cause}. ({type(err).__name__}: {first_line})")
+    out.errno = code  # set after construction, so that the message stays free of "[Errno n]"
     return out
 
 
@@ -160,7 +160,7 @@ def describe_read_error(path: str | Path, err: BaseException, what: str = "the f
     """Words for a failed read: missing, empty, unreadable, or probably truncated."""
     path = Path(path)
     if not path.exists():
-        return f"No {what} at {path}."
+        return f"{path} does not exist (expected {what} there)."
     if path.is_dir():
         return f"{path} is a folder, not {what}."
     try:
@@ -175,3 +175,22 @@ def describe_read_error(path: str | Path, err: BaseException, what: str = "the f
     first_line = str(err).splitlines()[0] if str(err) else ""
     return (f"{path} ({size:,} bytes) could not be read as {what} ({type(err).__name__}: {first_line}). "
             f"Is it truncated, or a file of another kind?")
+
+
+class ReadError(OSError):
+    """Reading ``path`` failed; the message names the path and the likely cause (missing, empty, damaged)."""
+
+
+def read_error(path: str | Path, err: BaseException, what: str = "the file") -> ReadError:
+    """A :class:`ReadError` carrying :func:`describe_read_error`'s words, to raise ``from err``."""
+    out = ReadError(describe_read_error(path, err, what))
+    out.errno = getattr(err, "errno", None)
+    return out
+
+
+def read_json(path: str | Path, what: str = "a JSON file"):
+    """The JSON value in ``path``; a missing, empty, unreadable or malformed file raises :class:`ReadError`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise read_error(path, err, what) from err

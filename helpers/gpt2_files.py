@@ -7,9 +7,13 @@ Two sources hold the same weights:
 * **safetensors on the Hugging Face Hub** (``openai-community/gpt2`` and friends), downloaded and
   cached by ``huggingface_hub``: :func:`download_gpt2_safetensors`.
 
-OpenAI publishes no hashes, so a file is checked by what we do know: the exact size of the data
-files of the two smaller models (4 bytes per parameter), a lower bound for the larger ones, and the
-content of the small files (a saved HTML error page is refused). :func:`first_reachable` asks a
+OpenAI publishes no hashes, so a file is checked by what we do know: the SHA-256 of the two
+tokenizer files (the very files tiktoken pins), the exact size of the data files of the two smaller
+models (4 bytes per parameter), a lower bound for the larger ones, and the content of the small files
+(a saved HTML error page is refused, ``hparams.json`` must hold five positive sizes). Every copy,
+cached or downloaded, is checked so before it is used; one that fails is replaced. Damage that only
+TensorFlow notices when reading (a checksum inside the index or data file) makes
+:func:`helpers.weights.download_and_load_gpt2` fetch the files again. :func:`first_reachable` asks a
 server, briefly, whether it answers at all before a download is started, so that an offline
 lecture does not wait through minutes of retries.
 
@@ -30,8 +34,11 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 
 from . import runtime
-from .download import USER_AGENT, DownloadError, copy_verified, download
+from .download import OFFLINE_HINT, USER_AGENT, DownloadError, copy_verified, download, sha256sum
+from .files import explain_write_error
+from .gpt2_formats import settings_problem
 from .model import GPT2_SIZES
+from .tokenizer import GPT2_FILES as TOKENIZER_FILES
 
 MODEL_SIZES = tuple(GPT2_SIZES)  # ("124M", "355M", "774M", "1558M")
 DATA_FILE = "model.ckpt.data-00000-of-00001"
@@ -55,6 +62,13 @@ MIN_SIZES = {
     ("774M", DATA_FILE): 4 * 774_030_080,
     ("1558M", DATA_FILE): 4 * 1_557_611_200,
 }
+# The tokenizer files are the same for every size, and the same bytes as tiktoken's own copies, whose
+# SHA-256 tiktoken pins (helpers.tokenizer.GPT2_FILES).
+KNOWN_SHA256 = {name: digest for name, (_, digest) in TOKENIZER_FILES.items()}
+# The most bytes a download of a file of unknown exact size may have (beyond that it is cut off): a
+# data file of 774M or 1558M holds little besides its parameters; every other file is small.
+SMALL_FILE_MAX_BYTES = 100_000_000
+DATA_FILE_SLACK = 1.05
 # TensorFlow's index file is a LevelDB-style table, which always ends with this magic number.
 TF_INDEX_MAGIC = bytes.fromhex("57fb808b247547db")
 HF_REPOS = {
@@ -93,15 +107,25 @@ def _lookup(table: dict, model_size: str, name: str) -> int | None:
     return table.get((model_size, name), table.get(name))
 
 
+def _max_bytes(model_size: str, name: str) -> int:
+    """The most bytes a download of this file may have."""
+    exact, minimum = _lookup(KNOWN_SIZES, model_size, name), _lookup(MIN_SIZES, model_size, name)
+    if exact is not None:
+        return exact
+    return int(minimum * DATA_FILE_SLACK) if minimum is not None else SMALL_FILE_MAX_BYTES
+
+
 def _content_problem(path: Path, name: str) -> str | None:
     """Why a checkpoint file is not what its name claims (e.g. a saved HTML error page), or None."""
+    if name in KNOWN_SHA256:
+        digest = sha256sum(path)
+        return None if digest == KNOWN_SHA256[name] else f"SHA-256 {digest}, expected {KNOWN_SHA256[name]}"
     if name == "hparams.json":
         try:
-            settings = json.loads(path.read_text())
-            missing = {"n_vocab", "n_ctx", "n_embd", "n_head", "n_layer"} - set(settings)
-        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
             return "not a JSON object of GPT-2 settings"
-        return f"lacks {sorted(missing)}" if missing else None
+        return settings_problem(settings)
     if name == "checkpoint":
         text = path.read_text(errors="replace")
         return None if "model_checkpoint_path" in text else "not a TensorFlow 'checkpoint' file"
@@ -129,7 +153,10 @@ def file_problem(path: Path, model_size: str, name: str) -> str | None:
         return f"{size:,} bytes, expected {exact:,}"
     if size < minimum:
         return f"{size:,} bytes, expected at least {minimum:,} (an error page or a cut-off download?)"
-    return _content_problem(path, name)
+    try:
+        return _content_problem(path, name)
+    except OSError as err:
+        return f"unreadable ({type(err).__name__}: {err})"
 
 
 # ------------------------------------------------------------------------------- is the network there?
@@ -180,26 +207,30 @@ def gpt2_urls(model_size: str, name: str) -> list[str]:
 
 
 def _fetch_file(model_size: str, name: str, dest: Path, progress: bool) -> None:
-    """One checkpoint file into ``dest``: from the mirror folder, else OpenAI, else the backup."""
+    """One checkpoint file into ``dest``: from the mirror folder, else OpenAI, else the backup.
+
+    Each candidate must pass :func:`file_problem` before it takes ``dest``'s name; one that fails
+    moves on to the next source.
+    """
+    def check(path: Path) -> str | None:
+        return file_problem(path, model_size, name)
+
     mirror = runtime.mirror_dir()
-    if mirror is not None and file_problem(mirror / "gpt2" / model_size / name, model_size, name) is None:
-        copy_verified(mirror / "gpt2" / model_size / name, dest)
+    if mirror is not None and check(mirror / "gpt2" / model_size / name) is None:
+        copy_verified(mirror / "gpt2" / model_size / name, dest, check=check)
         return
-    failures = []
-    for url in gpt2_urls(model_size, name):
-        try:
-            # resumes dest.part if an earlier attempt (even from the other URL: same bytes) left one
-            download(url, dest, size=_lookup(KNOWN_SIZES, model_size, name), progress=progress)
-        except DownloadError as err:
-            failures += [line for line in str(err).splitlines() if line.startswith("  - ")]
-            continue
-        problem = file_problem(dest, model_size, name)
-        if problem is None:
-            return
-        dest.unlink()
-        failures.append(f"  - {url}: {problem}")
-    raise DownloadError(f"Could not download {name} of GPT-2 {model_size}. Tried:\n" + "\n".join(failures)
-                        + f"\nIf you are offline, put the file at {dest} or in $LECTURES_MIRROR/gpt2/{model_size}/.")
+    try:
+        # resumes dest.part if an earlier attempt (even from the other URL: same bytes) left one
+        download(gpt2_urls(model_size, name), dest, size=_lookup(KNOWN_SIZES, model_size, name), check=check,
+                 max_bytes=_max_bytes(model_size, name), progress=progress)
+    except DownloadError as err:
+        raise DownloadError(
+            f"Could not download {name} of GPT-2 {model_size}. Tried:\n  - " + "\n  - ".join(err.failures)
+            + (f"\n{OFFLINE_HINT}" if err.offline else "")
+            + f"\nTo go on without a network, put the file at {dest} or in $LECTURES_MIRROR/gpt2/{model_size}/.",
+            err.failures,
+            err.offline,
+        ) from None
 
 
 def missing_gpt2_files(model_size: str, models_dir: str | Path | None = None) -> list[str]:
@@ -223,11 +254,14 @@ def download_gpt2_files(model_size: str, models_dir: str | Path | None = None, p
     a half-written file is never read.
     """
     folder = Path(models_dir or default_models_dir()) / check_size(model_size)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise explain_write_error(folder, err) from err
     for name in GPT2_FILES:
         dest = folder / name
         if file_problem(dest, model_size, name) is not None:
-            dest.unlink(missing_ok=True)  # a damaged file (a ``.part`` next to it is kept and resumed)
+            # a damaged file is replaced (a ``.part`` next to it is kept and resumed)
             _fetch_file(model_size, name, dest, progress)
     return folder
 

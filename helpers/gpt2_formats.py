@@ -18,7 +18,6 @@ the real weights cannot be had, read back through the very same reader.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path
@@ -27,9 +26,60 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file as load_safetensors
 
-from .files import atomic_write, atomic_write_json, fsync_dir, fsync_file, part_path
+from .files import (
+    ReadError,
+    WriteError,
+    atomic_write,
+    atomic_write_json,
+    describe_read_error,
+    explain_write_error,
+    fsync_dir,
+    fsync_file,
+    part_path,
+    read_json,
+)
 from .model import GPTModel
 from .tokenizer import packaged_bpe_dir
+
+SETTINGS_KEYS = ("n_vocab", "n_ctx", "n_embd", "n_head", "n_layer")
+
+
+class CheckpointReadError(ValueError):
+    """GPT-2's files are there but cannot be read (damaged, cut short, or not GPT-2's); lectures 03-06.
+
+    The message names the folder or file and what is wrong with it.
+    """
+
+
+def settings_problem(settings) -> str | None:
+    """What is wrong with a GPT-2 settings dict (``hparams.json``), or None (lecture 03 reads one).
+
+    It must be a JSON object whose five sizes (:data:`SETTINGS_KEYS`) are positive integers.
+    """
+    if not isinstance(settings, dict):
+        return f"not a JSON object of GPT-2 settings (got a {type(settings).__name__})"
+    missing = [key for key in SETTINGS_KEYS if key not in settings]
+    if missing:
+        return f"lacks {missing}"
+    bad = {key: settings[key] for key in SETTINGS_KEYS
+           if isinstance(settings[key], bool) or not isinstance(settings[key], int) or settings[key] < 1}
+    return f"needs positive whole numbers, got {bad}" if bad else None
+
+
+def read_settings(path: str | Path) -> dict:
+    """GPT-2's settings from an ``hparams.json``; a missing, damaged or wrong file raises CheckpointReadError.
+
+    Lecture 03 reads OpenAI's with it.
+    """
+    try:
+        settings = read_json(path, "GPT-2's settings (hparams.json)")
+    except ReadError as err:
+        raise CheckpointReadError(str(err)) from err
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise CheckpointReadError(f"{path} is not GPT-2's hparams.json: {problem}.")
+    return settings
+
 
 # ------------------------------------------------------------------------------- OpenAI's TF checkpoint
 
@@ -57,14 +107,22 @@ def load_openai_checkpoint(folder: str | Path):
     """``(settings, params)`` from a folder in OpenAI's layout (``checkpoint``, ``hparams.json``, ``model.ckpt.*``).
 
     Lecture 03 reads GPT-2 (and, offline, lecture 02's model written in the same layout) with it.
+    A missing, damaged or inconsistent file raises :class:`CheckpointReadError`, which names it.
     """
     folder = Path(folder)
-    settings = json.loads((folder / "hparams.json").read_text())
+    if not folder.is_dir():
+        raise CheckpointReadError(f"{folder} is not a folder holding a GPT-2 checkpoint.")
+    settings = read_settings(folder / "hparams.json")
     tf = _import_tensorflow()
     ckpt_path = tf.train.latest_checkpoint(str(folder))
     if ckpt_path is None:
-        raise FileNotFoundError(f"No TensorFlow checkpoint in {folder} (its 'checkpoint' file is missing or wrong).")
-    return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
+        raise CheckpointReadError(f"No TensorFlow checkpoint in {folder} (its 'checkpoint' file is missing or wrong).")
+    try:
+        return settings, load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
+    except tf.errors.OpError as err:  # DataLossError (a checksum), NotFoundError (a missing file), ...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(f"TensorFlow cannot read the checkpoint in {folder}: {first_line}. A file is "
+                                  f"damaged or cut short; download it again.") from err
 
 
 def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
@@ -83,6 +141,9 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path: str, settings: dict) -> dict:
             array = array[0]
         parts = name.split("/")[1:]  # drop the leading "model"
         if parts[0].startswith("h") and parts[0][1:].isdigit():
+            if int(parts[0][1:]) >= settings["n_layer"]:
+                raise CheckpointReadError(f"The checkpoint {ckpt_path} has a block {parts[0]}, but its hparams.json "
+                                          f"says n_layer={settings['n_layer']}: the files do not belong together.")
             node, path = params["blocks"][int(parts[0][1:])], parts[1:]
         elif parts[0] == "ln_f":
             node, path = params, parts[1:]
@@ -102,28 +163,47 @@ def load_gpt2_params_from_safetensors(path: str | Path):
 
     Lecture 03's route without TensorFlow. Hugging Face's GPT-2 uses ``Conv1D`` layers that store
     weights as ``[in, out]`` like OpenAI, so the arrays go into the same dictionary as the TF route's
-    without transposing.
+    without transposing. A missing, damaged or foreign file raises :class:`CheckpointReadError`,
+    which names it.
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    tensors = load_safetensors(folder / "model.safetensors" if path.is_dir() else path)
+    weights_file = folder / "model.safetensors" if path.is_dir() else path
+    try:
+        tensors = load_safetensors(weights_file)
+    except Exception as err:  # OSError, or safetensors' own error for a damaged header
+        raise CheckpointReadError(describe_read_error(weights_file, err, "GPT-2's safetensors weights")) from err
     tensors = {k.removeprefix("transformer."): v for k, v in tensors.items()}  # save_pretrained adds it
-    config = json.loads((folder / "config.json").read_text())
-    settings = {"n_vocab": config["vocab_size"], "n_ctx": config.get("n_positions", config.get("n_ctx")),
-                "n_embd": config["n_embd"], "n_head": config["n_head"], "n_layer": config["n_layer"]}
+    try:
+        config = read_json(folder / "config.json", "GPT-2's config.json")
+    except ReadError as err:
+        raise CheckpointReadError(str(err)) from err
+    if not isinstance(config, dict):
+        config = {}
+    settings = {"n_vocab": config.get("vocab_size"), "n_ctx": config.get("n_positions", config.get("n_ctx")),
+                "n_embd": config.get("n_embd"), "n_head": config.get("n_head"), "n_layer": config.get("n_layer")}
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise CheckpointReadError(f"{folder / 'config.json'} is not a GPT-2 config: {problem}.")
+
+    def tensor(name):
+        if name not in tensors:
+            raise CheckpointReadError(f"{weights_file} lacks the tensor {name!r}: not GPT-2's weights, or another "
+                                      f"size than its config.json says.")
+        return tensors[name]
 
     def pair(prefix):  # a Conv1D layer's weight and bias
-        return {"w": tensors[f"{prefix}.weight"], "b": tensors[f"{prefix}.bias"]}
+        return {"w": tensor(f"{prefix}.weight"), "b": tensor(f"{prefix}.bias")}
 
-    params: dict = {"wte": tensors["wte.weight"], "wpe": tensors["wpe.weight"],
-                    "g": tensors["ln_f.weight"], "b": tensors["ln_f.bias"], "blocks": []}
+    params: dict = {"wte": tensor("wte.weight"), "wpe": tensor("wpe.weight"),
+                    "g": tensor("ln_f.weight"), "b": tensor("ln_f.bias"), "blocks": []}
     for i in range(settings["n_layer"]):
         h = f"h.{i}"
         params["blocks"].append({
             "attn": {"c_attn": pair(f"{h}.attn.c_attn"), "c_proj": pair(f"{h}.attn.c_proj")},
             "mlp": {"c_fc": pair(f"{h}.mlp.c_fc"), "c_proj": pair(f"{h}.mlp.c_proj")},
-            "ln_1": {"g": tensors[f"{h}.ln_1.weight"], "b": tensors[f"{h}.ln_1.bias"]},
-            "ln_2": {"g": tensors[f"{h}.ln_2.weight"], "b": tensors[f"{h}.ln_2.bias"]},
+            "ln_1": {"g": tensor(f"{h}.ln_1.weight"), "b": tensor(f"{h}.ln_1.bias")},
+            "ln_2": {"g": tensor(f"{h}.ln_2.weight"), "b": tensor(f"{h}.ln_2.bias")},
         })
     return settings, params
 
@@ -201,6 +281,16 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
     tf = _import_tensorflow()
     folder = Path(folder)
     tmp = part_path(folder)
+    try:
+        _write_openai_layout(tf, folder, tmp, settings, params)
+    except (OSError, tf.errors.OpError) as err:  # TensorFlow reports a full disk as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise (err if isinstance(err, WriteError) else explain_write_error(folder, err)) from err
+    return folder
+
+
+def _write_openai_layout(tf, folder: Path, tmp: Path, settings: dict, params: dict) -> None:
+    """:func:`write_openai_checkpoint`'s steps: build in ``tmp``, flush, then swap it in for ``folder``."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     flat = _flatten(params)
@@ -232,4 +322,3 @@ def write_openai_checkpoint(folder: str | Path, settings: dict, params: dict) ->
     os.replace(tmp, folder)
     fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
-    return folder

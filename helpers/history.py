@@ -27,6 +27,7 @@ class History:
     the text generated after each epoch, ``extra`` per-epoch lists of other metrics (for example
     ``"train_acc"``). ``total_seen`` and ``total_steps`` count everything so far, also after the
     last evaluation. ``seen_unit`` says what ``tokens_seen`` counts: ``"tokens"`` or ``"examples"``.
+    Lecture 02's ``train_loop`` fills it in; lectures 04-06 compare runs with it.
     """
 
     train_losses: list[float] = field(default_factory=list)
@@ -41,6 +42,14 @@ class History:
     seen_unit: str = "tokens"
     total_seen: int = 0                                   # tokens (or examples) after the last step
     total_steps: int = 0                                  # optimizer steps taken
+
+    def record(self, train_loss: float, val_loss: float, step: int, epoch: float) -> None:
+        """Append one evaluation: the two losses, the tokens seen so far, the step and the fractional epoch."""
+        self.train_losses.append(train_loss)
+        self.val_losses.append(val_loss)
+        self.tokens_seen.append(self.total_seen)
+        self.steps.append(step)
+        self.epochs.append(epoch)
 
     def __iter__(self):
         """Unpack like the course's return value: ``train_losses, val_losses, tokens_seen``."""

@@ -44,14 +44,50 @@ IGNORE_INDEX = -100  # the target value torch.nn.functional.cross_entropy skips 
 
 # --------------------------------------------------------------------------- the data
 
+ENTRY_KEYS = ("instruction", "input", "output")
+
+
+def entry_problem(entry, keys=("instruction", "output")) -> str | None:
+    """What is wrong with one entry, or None: it must be a dict holding ``keys``, with text values (lecture 05).
+
+    ``input`` may also be missing or None (no input); every other value present must be a str.
+    """
+    if not isinstance(entry, dict):
+        return f"is a {type(entry).__name__}, not a dict with the keys {list(ENTRY_KEYS)}"
+    for key in keys:
+        if key not in entry:
+            return f"lacks the key {key!r}"
+    for key in ENTRY_KEYS:
+        value = entry.get(key)
+        if key in entry and not isinstance(value, str) and not (key == "input" and value is None):
+            return f"holds a {type(value).__name__} under {key!r}, where text (a str) belongs"
+    return None
+
+
+def check_entries(entries, keys=("instruction", "output"), what: str = "the data") -> None:
+    """Raise a clear error for the first bad entry, naming its index and key (lecture 05's data is checked so).
+
+    ``entries`` must be a list of dicts (as ``json.load`` gives); ``keys`` are the keys each must hold.
+    """
+    if not isinstance(entries, (list, tuple)):
+        raise TypeError(f"{what} must be a list of entries (dicts), got a {type(entries).__name__}.")
+    for i, entry in enumerate(entries):
+        problem = entry_problem(entry, keys)
+        if problem is not None:
+            shown = repr(entry)
+            raise ValueError(f"Entry {i} of {what} {problem}: {shown[:200]}{'...' if len(shown) > 200 else ''}")
+
+
+def _check_entry(entry, keys) -> None:
+    problem = entry_problem(entry, keys)
+    if problem is not None:
+        raise ValueError(f"The entry {problem}: {repr(entry)[:200]}")
+
 
 def load_instruction_data() -> list[dict]:
     """Lecture 05's 1,100 entries, each a dict with ``instruction``, ``input`` (often "") and ``output``."""
     entries = json.loads(read_text("instruction-data"))
-    for i, entry in enumerate(entries):
-        missing = {"instruction", "input", "output"} - set(entry)
-        if missing:
-            raise ValueError(f"Entry {i} of instruction-data.json lacks {sorted(missing)}: {entry!r}.")
+    check_entries(entries, ENTRY_KEYS, "instruction-data.json")
     return entries
 
 
@@ -69,6 +105,7 @@ def format_input(entry: dict) -> str:
     ### Input:
     2 and 3
     """
+    _check_entry(entry, ("instruction",))
     text = f"{PREAMBLE}\n\n{INSTRUCTION_MARKER}\n{entry['instruction']}"
     if entry.get("input"):
         text += f"\n\n{INPUT_MARKER}\n{entry['input']}"
@@ -77,6 +114,7 @@ def format_input(entry: dict) -> str:
 
 def format_response(entry: dict) -> str:
     """The text the model learns to write after the prompt: the response marker, then the output (lecture 05)."""
+    _check_entry(entry, ("output",))
     return f"\n\n{RESPONSE_MARKER}\n{entry['output']}"
 
 
@@ -126,6 +164,7 @@ class InstructionDataset(Dataset):
     """
 
     def __init__(self, data: list[dict], tokenizer, with_prompt_length: bool = False):
+        check_entries(data, ("instruction", "output"), "the data")
         self.data = data
         self.with_prompt_length = with_prompt_length
         self.encoded_texts: list[list[int]] = []
@@ -188,6 +227,8 @@ def custom_collate_fn(
     """
     if len(batch) == 0:
         raise ValueError("custom_collate_fn got an empty batch.")
+    if allowed_max_length is not None and allowed_max_length < 1:
+        raise ValueError(f"allowed_max_length must be at least 1 (or None), got {allowed_max_length}.")
     sequences, prompt_lengths = [], []
     for item in batch:
         if isinstance(item, tuple):
@@ -258,23 +299,36 @@ def create_instruction_loaders(
     allowed_max_length: int | None = 1024,
     mask_prompt: bool = False,
     num_workers: int = 0,
-    seed: int = 123,
+    seed: int | None = None,
 ) -> InstructionLoaders:
     """The training and validation loaders of lecture 05: :class:`InstructionDataset` batched by
     :func:`custom_collate_fn` (through :func:`make_collate_fn`, with these options).
 
-    The training loader shuffles, with its own generator seeded with ``seed`` (the same order on every
-    run, whatever else drew random numbers before), and drops a last incomplete batch; the validation
-    loader keeps the order and every entry. ``allowed_max_length`` should not exceed the model's
-    context length. With ``mask_prompt=True`` the datasets carry the prompt lengths the collate
-    function needs to mask the prompt. Each loader's ``.dataset`` is its :class:`InstructionDataset`.
+    The training loader shuffles and drops a last incomplete batch; the validation loader keeps the
+    order and every entry. As in the course, the training order is drawn from PyTorch's global random
+    generator each time the loader is iterated, so ``torch.manual_seed(123)`` (``runtime.set_seed``)
+    right before training fixes it, and it is the course's order for the same data. With ``seed``,
+    the loader shuffles with its own generator seeded with it instead: the same order whatever else
+    drew random numbers before, but no longer the course's.
+
+    ``allowed_max_length`` should not exceed the model's context length. With ``mask_prompt=True`` the
+    datasets carry the prompt lengths the collate function needs to mask the prompt. Each loader's
+    ``.dataset`` is its :class:`InstructionDataset`.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if len(train_data) < batch_size:
+        raise ValueError(f"train_data has {len(train_data)} entries, fewer than batch_size={batch_size}: the training "
+                         f"loader drops an incomplete batch, so it would have no batches at all. Use a smaller batch_size.")
+    if len(val_data) == 0:
+        raise ValueError("val_data is empty: the validation loader would have no batches.")
     collate = make_collate_fn(device=device, allowed_max_length=allowed_max_length, mask_prompt=mask_prompt)
     train_set = InstructionDataset(train_data, tokenizer, with_prompt_length=mask_prompt)
     val_set = InstructionDataset(val_data, tokenizer, with_prompt_length=mask_prompt)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     return InstructionLoaders(
         DataLoader(train_set, batch_size=batch_size, collate_fn=collate, shuffle=True, drop_last=True,
-                   num_workers=num_workers, generator=torch.Generator().manual_seed(seed)),
+                   num_workers=num_workers, generator=generator),
         DataLoader(val_set, batch_size=batch_size, collate_fn=collate, shuffle=False, drop_last=False,
                    num_workers=num_workers),
     )
@@ -355,8 +409,9 @@ def generate_test_responses(
 
     Lecture 05 answers its whole test set with it. The entries are updated in place (as in the
     course). With ``path``, the list is then written as indented JSON, atomically
-    (:func:`helpers.files.atomic_write_json`).
+    (:func:`helpers.files.atomic_write_json`). Every entry is checked before the first is answered.
     """
+    check_entries(entries, ("instruction",), "entries")
     for entry in tqdm(entries, desc="Generating responses", disable=not progress):
         entry[response_key] = generate_response(
             model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size

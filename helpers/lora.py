@@ -24,6 +24,11 @@ Typical use, on a GPTModel whose pretrained weights are already loaded::
     ... train: only the LoRA matrices change ...
     save_lora("spam_lora.pt", model)                    # a few MB instead of the whole model
     merge_lora(model)                                    # plain nn.Linear layers again, for inference
+
+``convention="course"`` (in :func:`apply_lora`, :class:`LinearWithLoRA` and :class:`LoRALayer`) gives
+the course's LoRA instead: the update scaled by ``alpha`` alone, and ``A`` drawn as the course's code
+draws it. With it, the course's learning rate and the course's seeding, lecture 06 reproduces the
+course's numbers (see :class:`LoRALayer`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ FORMAT = "llm-lectures-lora/1"
 
 # The Linear layers of helpers.model.GPTModel, by the last part of their module name.
 ATTENTION_TARGETS = ("W_query", "W_key", "W_value", "out_proj")
+# "paper": scaling alpha / rank, A initialised like nn.Linear's weight (the LoRA paper, peft); "course": the course's code.
+CONVENTIONS = ("paper", "course")
+
+
+def _check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}.")
+    return convention
 
 
 class LoRALayer(nn.Module):
@@ -67,27 +80,47 @@ class LoRALayer(nn.Module):
     too small for this one. We keep the paper's and ``peft``'s convention so that ranks, alphas and
     learning rates can be compared with ``peft`` and the literature.
 
+    ``convention="course"`` computes what the course's ``LoRALayer`` computes, bit for bit: the update
+    is ``alpha * x @ A @ B`` (``scaling`` is ``alpha``), and ``A`` is created as an (in_dim x rank)
+    float32 tensor on the CPU and filled by ``kaiming_uniform_`` there (so it draws the same random
+    numbers from the same generator as the course), then moved to ``device`` and ``dtype``. Its
+    ``rank = alpha = 16`` with a learning rate of 5e-5 behaves like ``alpha = 16 * 16`` and a larger
+    learning rate here. Lecture 06 explains how to reproduce the course's curves with it.
+
     ``helpers.model.parameter_report`` counts its parameters as LoRA ones: it looks for the marker
     attribute ``is_lora_update`` (``helpers.model.LORA_MARKER``).
     """
 
     is_lora_update = True  # the marker helpers.model.parameter_report looks for
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, device=None, dtype=None):
+    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, device=None, dtype=None,
+                 convention: str = "paper"):
         super().__init__()
-        if int(rank) != rank or rank < 1:
+        if isinstance(rank, bool) or not isinstance(rank, (int, float)) or int(rank) != rank or rank < 1:
             raise ValueError(f"rank must be a positive integer, got {rank!r}.")
-        self.rank, self.alpha = int(rank), alpha
-        # Initialise A in nn.Linear's (out, in) = (rank, in_dim) layout, so that its fan-in is
-        # in_dim, then store the transpose that x @ A needs.
-        a_linear_layout = torch.empty(self.rank, in_dim, device=device, dtype=dtype)
-        nn.init.kaiming_uniform_(a_linear_layout, a=math.sqrt(5))
-        self.A = nn.Parameter(a_linear_layout.T.contiguous())
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha == 0:
+            raise ValueError(f"alpha must be a finite number other than 0, got {alpha!r}: the update is scaled by "
+                             f"alpha / rank, so alpha = 0 would keep it at zero and LoRA would learn nothing.")
+        self.rank, self.alpha, self.convention = int(rank), alpha, _check_convention(convention)
+        if convention == "paper":
+            # Initialise A in nn.Linear's (out, in) = (rank, in_dim) layout, so that its fan-in is
+            # in_dim, then store the transpose that x @ A needs.
+            a_linear_layout = torch.empty(self.rank, in_dim, device=device, dtype=dtype)
+            nn.init.kaiming_uniform_(a_linear_layout, a=math.sqrt(5))
+            a = a_linear_layout.T.contiguous()
+        else:
+            # The course's code: kaiming_uniform_ on the (in_dim, rank) matrix itself (fan-in: rank),
+            # created on the CPU in float32 as torch.empty creates it there.
+            a = torch.empty(in_dim, self.rank)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            a = a.to(device=device, dtype=dtype)
+        self.A = nn.Parameter(a)
         self.B = nn.Parameter(torch.zeros(self.rank, out_dim, device=device, dtype=dtype))
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.rank
+        """What multiplies ``x @ A @ B``: ``alpha / rank`` (the paper's convention) or ``alpha`` (the course's)."""
+        return self.alpha / self.rank if self.convention == "paper" else self.alpha
 
     def delta_weight(self) -> torch.Tensor:
         """The update to add to ``nn.Linear.weight``: ``scaling * (A @ B)^T``, shape (out_dim, in_dim)."""
@@ -98,7 +131,8 @@ class LoRALayer(nn.Module):
 
     def extra_repr(self) -> str:
         in_dim, out_dim = self.A.shape[0], self.B.shape[1]
-        return f"in_dim={in_dim}, out_dim={out_dim}, rank={self.rank}, alpha={self.alpha}"
+        course = ", convention='course'" if self.convention == "course" else ""
+        return f"in_dim={in_dim}, out_dim={out_dim}, rank={self.rank}, alpha={self.alpha}{course}"
 
 
 class LinearWithLoRA(nn.Module):
@@ -107,17 +141,17 @@ class LinearWithLoRA(nn.Module):
     The wrapped layer's parameters are frozen here (``requires_grad = False``); the LoRA matrices
     are created on the layer's device and with its dtype. ``weight``, ``bias``, ``in_features`` and
     ``out_features`` read through to the base layer (``weight`` is ``W0``, without the update: use
-    :meth:`merge` for the effective weight).
+    :meth:`merge` for the effective weight). ``convention`` goes to :class:`LoRALayer`.
     """
 
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float):
+    def __init__(self, linear: nn.Linear, rank: int, alpha: float, convention: str = "paper"):
         super().__init__()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"LinearWithLoRA wraps an nn.Linear, got {type(linear).__name__}.")
         self.linear = linear
         self.linear.requires_grad_(False)
         self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha,
-                              device=linear.weight.device, dtype=linear.weight.dtype)
+                              device=linear.weight.device, dtype=linear.weight.dtype, convention=convention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) + self.lora(x)
@@ -187,7 +221,7 @@ def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | Iterable[str] = "all",
-               trainable: str | Iterable[str] = ()) -> nn.Module:
+               trainable: str | Iterable[str] = (), convention: str = "paper") -> nn.Module:
     """Freeze ``model`` and wrap the selected ``nn.Linear`` layers with LoRA, in place (lecture 06).
 
     Returns ``model``.
@@ -205,9 +239,14 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | Iterabl
     classification head: ``apply_lora(model, 16, 16, trainable=["out_head"])``. Their parameters stay
     trainable and they are not wrapped. Everything else (embeddings, LayerNorms, ...) is frozen.
 
+    ``convention="course"`` makes every update the course's (see :class:`LoRALayer`). The layers are
+    wrapped in module order, as the course's ``replace_linear_with_lora`` does, so that after the same
+    random draws their ``A`` matrices get the same numbers.
+
     Load pretrained weights *before* calling this: the wrapped model's state-dict keys change
     (``...W_query.weight`` becomes ``...W_query.linear.weight``).
     """
+    _check_convention(convention)
     if isinstance(model, nn.Linear):
         raise TypeError("apply_lora works on a model that contains nn.Linear layers; "
                         "wrap a single layer with LinearWithLoRA(linear, rank, alpha) instead.")
@@ -258,13 +297,16 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, targets: str | Iterabl
     for name in keep:
         modules[name].requires_grad_(True)
     for name in selected:
-        _replace_submodule(model, name, LinearWithLoRA(modules[name], rank, alpha))
+        _replace_submodule(model, name, LinearWithLoRA(modules[name], rank, alpha, convention))
     return model
 
 
-def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
-    """The course's name: freeze ``model`` and wrap every ``nn.Linear`` (``apply_lora(..., "all")``; lecture 06)."""
-    return apply_lora(model, rank, alpha, targets="all")
+def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float, convention: str = "paper") -> nn.Module:
+    """The course's name: freeze ``model`` and wrap every ``nn.Linear`` (``apply_lora(..., "all")``; lecture 06).
+
+    ``convention="course"`` gives the course's LoRA layers (see :class:`LoRALayer`).
+    """
+    return apply_lora(model, rank, alpha, targets="all", convention=convention)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LinearWithLoRA]:
@@ -314,7 +356,8 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _layer_settings(model: nn.Module) -> dict[str, dict]:
-    return {name: {"rank": m.lora.rank, "alpha": m.lora.alpha} for name, m in lora_layers(model).items()}
+    return {name: {"rank": m.lora.rank, "alpha": m.lora.alpha, "convention": m.lora.convention}
+            for name, m in lora_layers(model).items()}
 
 
 def save_lora(path: str | Path, model: nn.Module) -> Path:
@@ -350,9 +393,12 @@ def load_lora(path: str | Path, model: nn.Module) -> nn.Module:
             "Prepare the model with the same apply_lora(...) call (targets, trainable) used before saving."
         )
     for name, settings in _layer_settings(model).items():
-        if payload["layers"].get(name) != settings:
-            raise ValueError(f"{path}: layer {name} was saved with {payload['layers'].get(name)}, "
-                             f"but the model has {settings}. Use the same rank and alpha.")
+        saved_settings = payload["layers"].get(name)
+        if saved_settings is not None:
+            saved_settings = {"convention": "paper", **saved_settings}  # files from before the option
+        if saved_settings != settings:
+            raise ValueError(f"{path}: layer {name} was saved with {saved_settings}, "
+                             f"but the model has {settings}. Use the same rank and alpha (and convention).")
     wrong = [f"{n} {tuple(saved[n].shape)} vs {tuple(t.shape)}" for n, t in expected.items() if saved[n].shape != t.shape]
     if wrong:
         raise ValueError(f"{path}: shapes differ between file and model: {_short_list(wrong, 4)}.")
@@ -364,7 +410,7 @@ def load_lora(path: str | Path, model: nn.Module) -> nn.Module:
 
 
 __all__ = [
-    "ATTENTION_TARGETS", "LoRALayer", "LinearWithLoRA", "apply_lora", "replace_linear_with_lora",
+    "ATTENTION_TARGETS", "CONVENTIONS", "LoRALayer", "LinearWithLoRA", "apply_lora", "replace_linear_with_lora",
     "lora_layers", "merge_lora", "lora_parameter_count", "lora_state_dict",
     "save_lora", "load_lora",
 ]

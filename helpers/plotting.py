@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .checkpoints import load_run
+from .checkpoints import list_runs, load_run
 from .generation import apply_temperature_and_top_k
 
 
@@ -96,14 +96,22 @@ def plot_losses(epochs_seen, tokens_seen=None, train_losses=None, val_losses=Non
     return plot_values(epochs_seen, tokens_seen, train_losses, val_losses)
 
 
-def plot_runs(runs: Sequence, labels: Sequence[str] | None = None, metric: str = "loss") -> Figure:
-    """Overlay several runs (``History`` objects or saved run names): training solid, validation dashed.
+def plot_runs(runs: Sequence | str | None = None, labels: Sequence[str] | None = None, metric: str = "loss",
+              match: str | None = None) -> Figure:
+    """Overlay several runs: training solid, validation dashed. Lecture 02 compares runs with it.
 
-    Lecture 02 compares runs with it.
-
+    ``runs`` are ``History`` objects or saved run names; or leave them out and pass ``match``, a pattern
+    over saved run names (``match="lecture02-quick*"``; see ``helpers.checkpoints.list_runs``).
     ``metric="loss"`` plots the evaluations' losses against tokens seen, so runs of different lengths
     line up; another name plots that per-epoch extra (e.g. ``"val_acc"``) against epochs.
     """
+    if isinstance(runs, str):
+        runs = [runs]
+    if match is not None:
+        runs = [*(runs or []), *list_runs(match)]
+    if not runs:
+        raise ValueError("No runs to plot: pass runs (History objects or saved run names) or a match pattern "
+                         f"that names saved runs (saved: {', '.join(list_runs()) or 'none yet'}).")
     histories = [_history_like(r) for r in runs]
     if labels is None:
         labels = [r if isinstance(r, str) else f"run {i + 1}" for i, r in enumerate(runs)]

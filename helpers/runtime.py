@@ -106,3 +106,24 @@ def set_seed(seed: int = 123) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def apply_overrides(overrides: dict, *groups: dict, name: str = "TRY_THIS") -> tuple[dict, ...]:
+    """Copies of the setting ``groups`` with ``overrides`` applied, each key to the group that has it.
+
+    Lecture 02's rerun uses it: ``settings, config = apply_overrides(TRY_THIS, SETTINGS, GPT_CONFIG)``
+    lets ``TRY_THIS`` change training settings (``learning_rate``) and model keys (``drop_rate``) alike.
+    A key that no group has is refused with the keys that exist, so a typo is never silently ignored.
+    The groups themselves are not changed.
+    """
+    copies = tuple(dict(group) for group in groups)
+    for key, value in overrides.items():
+        owners = [copy for copy in copies if key in copy]
+        if not owners:
+            known = ", ".join(sorted({k for group in groups for k in group}))
+            raise KeyError(f"{name} sets {key!r}, which is not a setting here. Use one of: {known}.")
+        if len(owners) > 1:
+            raise KeyError(f"{name} sets {key!r}, which more than one group of settings has; "
+                           f"change it in the config cell instead.")
+        owners[0][key] = value
+    return copies

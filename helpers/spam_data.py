@@ -288,20 +288,27 @@ class SpamLoaders(NamedTuple):
 
 
 def create_spam_loaders(train_ds: Dataset, val_ds: Dataset, test_ds: Dataset, batch_size: int = 8,
-                        num_workers: int = 0, seed: int = 123, train_examples: int | None = None) -> SpamLoaders:
-    """Three DataLoaders (lectures 04 and 06): training shuffled (its own generator seeded with ``seed``) and
-    without the last incomplete batch; validation and test in order and complete.
+                        num_workers: int = 0, seed: int | None = None,
+                        train_examples: int | None = None) -> SpamLoaders:
+    """Three DataLoaders (lectures 04 and 06): training shuffled and without the last incomplete batch;
+    validation and test in order and complete.
 
     Dropping the last training batch keeps every step the same size (1,045 messages -> 130 batches
     of 8); the evaluation sets keep every message. ``train_examples`` trains on the first that many
     training messages only (a shorter run; lecture 06's quick profile).
+
+    The training order is drawn as in the course: from PyTorch's global random generator, each time
+    the loader is iterated. ``torch.manual_seed(123)`` (``runtime.set_seed``) right before training
+    therefore fixes the order, and then it is the course's order for the same data. With ``seed``,
+    the loader shuffles with its own generator seeded with it instead: the same order whatever else
+    drew random numbers before, but no longer the course's.
     """
     if train_examples is not None:
         if not 1 <= train_examples <= len(train_ds):
             raise ValueError(f"train_examples must be between 1 and the {len(train_ds)} training messages, "
                              f"got {train_examples}.")
         train_ds = Subset(train_ds, range(train_examples))
-    generator = torch.Generator().manual_seed(seed)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     return SpamLoaders(
         DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
                    generator=generator),

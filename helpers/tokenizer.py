@@ -25,6 +25,8 @@ import torch
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN  # GPT-2's pre-tokenisation regex
 
+from .files import read_error
+
 # The addresses and hashes tiktoken uses for the gpt2 encoding (tiktoken_ext/openai_public.py).
 GPT2_FILES = {
     "vocab.bpe": (
@@ -68,7 +70,10 @@ def encoding_from_files(folder: str | Path) -> tiktoken.Encoding:
     """
     folder = Path(folder)
     for name, (_, digest) in GPT2_FILES.items():
-        actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        try:
+            actual = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        except OSError as err:
+            raise read_error(folder / name, err, f"GPT-2's {name}") from err
         if actual != digest:
             raise ValueError(
                 f"{folder / name} is not GPT-2's {name}: SHA-256 {actual}, expected {digest}. "
@@ -111,16 +116,32 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
     """Encode ``text`` into a (1, n_tokens) tensor; ``<|endoftext|>`` is allowed as a special token.
 
     The course's helper, introduced with generation in lecture 02 and used in lectures 03 and 06.
+    The ids are int64 (``torch.long``), also for an empty text, which gives shape (1, 0).
     """
+    if not isinstance(text, str):
+        raise TypeError(f"text_to_token_ids needs a str, got {type(text).__name__}.")
     tokenizer = tokenizer or get_tokenizer()
     ids = tokenizer.encode(text, allowed_special={END_OF_TEXT})
-    return torch.tensor(ids).unsqueeze(0)
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)
 
 
 def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding | None = None) -> str:
-    """Decode a (1, n_tokens) or (n_tokens,) tensor of ids back into text (the course's helper, lectures 01-06)."""
+    """Decode a (1, n_tokens) or (n_tokens,) tensor of ids back into text (the course's helper, lectures 01-06).
+
+    Ids must be whole numbers the tokenizer knows (0 to 50,256 for GPT-2); anything else is a ValueError
+    that names the first bad id (e.g. an id from the padding rows of a padded vocabulary).
+    """
     tokenizer = tokenizer or get_tokenizer()
+    if not isinstance(token_ids, torch.Tensor):
+        token_ids = torch.as_tensor(token_ids)
     flat = token_ids.squeeze(0) if token_ids.dim() == 2 else token_ids
     if flat.dim() != 1:
         raise ValueError(f"Expected ids of shape (n,) or (1, n), got {tuple(token_ids.shape)}.")
+    if flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
+        raise ValueError(f"Token ids must be integers, got a {flat.dtype} tensor (use .long() on whole numbers).")
+    bad = ((flat < 0) | (flat >= tokenizer.n_vocab)).nonzero()
+    if len(bad):
+        first = int(bad[0, 0])
+        raise ValueError(f"Token id {int(flat[first])} at position {first} is not in the tokenizer's vocabulary "
+                         f"(0 to {tokenizer.n_vocab - 1:,}).")
     return tokenizer.decode(flat.tolist())

@@ -23,11 +23,24 @@ import torch
 
 from . import gpt2_files, runtime
 from .checkpoints import load_checkpoint, pretrained_checkpoint_path
-from .gpt2_files import HF_REPOS, check_size, default_models_dir, download_bytes, download_gpt2_files
+from .download import one_line
+from .files import WriteError, explain_write_error
+from .gpt2_files import (
+    DATA_FILE,
+    GPT2_FILES,
+    HF_REPOS,
+    check_size,
+    default_models_dir,
+    download_bytes,
+    download_gpt2_files,
+)
 from .gpt2_formats import (
+    SETTINGS_KEYS,
+    CheckpointReadError,
     load_gpt2_params_from_safetensors,
     load_openai_checkpoint,
     params_from_model,
+    settings_problem,
     tensorflow_available,
     write_openai_checkpoint,
 )
@@ -39,9 +52,31 @@ def download_and_load_gpt2(model_size: str, models_dir: str | Path | None = None
 
     ``settings`` is OpenAI's ``hparams.json`` (n_vocab, n_ctx, n_embd, n_head, n_layer); ``params``
     the nested dictionary of NumPy arrays described in :mod:`helpers.gpt2_formats`.
+
+    Files that pass every check made before reading but that TensorFlow then cannot read (a checksum
+    inside the index or the data file does not match) are not trusted: the small files are fetched
+    again, and if that does not help, the data file too. When even fresh copies cannot be read,
+    :class:`helpers.gpt2_formats.CheckpointReadError` says so.
     """
     folder = download_gpt2_files(model_size, models_dir, progress)
-    return load_openai_checkpoint(folder)
+    try:
+        return load_openai_checkpoint(folder)
+    except CheckpointReadError as err:
+        error = err
+    small = tuple(name for name in GPT2_FILES if name != DATA_FILE)
+    for names in (small, (DATA_FILE,)):
+        for name in names:
+            try:
+                (folder / name).unlink(missing_ok=True)
+            except OSError as err:
+                raise explain_write_error(folder / name, err) from err
+        download_gpt2_files(model_size, models_dir, progress)
+        try:
+            return load_openai_checkpoint(folder)
+        except CheckpointReadError as err:
+            error = err
+    raise CheckpointReadError(f"GPT-2 {model_size}'s files in {folder} cannot be read, even after downloading them "
+                              f"again: {error} Try the safetensors route: load_gpt2_from_hf({model_size!r}).") from error
 
 
 def load_gpt2_from_hf(model_size: str, device=None):
@@ -89,6 +124,12 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict) -> GPTModel:
     layer to the token embedding, so ``out_head`` gets ``wte`` (unless ``params`` carries an
     ``out_head`` of its own, as lecture 02's untied model exported by :func:`params_from_model` does).
     """
+    missing = [key for key in ("wte", "wpe", "g", "b", "blocks") if not isinstance(params, dict) or key not in params]
+    if missing:
+        hint = " (that is the settings, hparams.json: pass params, the second value)" if isinstance(params, dict) and (
+            set(SETTINGS_KEYS) <= set(params)) else ""
+        raise ValueError(f"params lacks {missing}{hint}: expected the dictionary that download_and_load_gpt2 returns "
+                         f"second, with 'wte', 'wpe', 'g', 'b' and 'blocks'.")
     if len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"The checkpoint has {len(params['blocks'])} blocks, the model {len(gpt.trf_blocks)}.")
     assign(gpt.pos_emb.weight, params["wpe"], "pos_emb.weight (wpe)")
@@ -123,6 +164,9 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict) -> GPTModel:
 
 def config_from_settings(settings: dict) -> dict:
     """Our config dict for a checkpoint's ``hparams.json``: GPT-2 style (qkv bias, no dropout); lecture 03."""
+    problem = settings_problem(settings)
+    if problem is not None:
+        raise ValueError(f"Not GPT-2's settings (hparams.json): {problem}.")
     return {"vocab_size": settings["n_vocab"], "context_length": settings["n_ctx"], "emb_dim": settings["n_embd"],
             "n_heads": settings["n_head"], "n_layers": settings["n_layer"], "drop_rate": 0.0, "qkv_bias": True}
 
@@ -136,16 +180,6 @@ def _model_from_params(settings, params, device=None):
 # ------------------------------------------------------------------------------- the lectures' entry point
 
 
-def _first_line(err: BaseException, limit: int = 200) -> str:
-    """An error in one line: its type, its first line and, for a list of tries, the last one."""
-    lines = [line.strip() for line in str(err).strip().splitlines()]
-    tries = [line[2:] for line in lines if line.startswith("- ")]
-    text = lines[0] if lines else ""
-    if tries:
-        text += f" ... {tries[-1]}"
-    return f"{type(err).__name__}: {text[:limit]}"
-
-
 def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
     """``(settings, params, source)`` of OpenAI's GPT-2 by the first route that works, else None.
 
@@ -154,7 +188,8 @@ def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
     """
     # Route 1: OpenAI's TensorFlow checkpoint (the cache, the mirror folder, OpenAI, the backup).
     if not tensorflow_available():
-        problems.append("OpenAI's checkpoint: TensorFlow is not installed (pip install tensorflow-cpu)")
+        problems.append("OpenAI's checkpoint: TensorFlow is not installed (optional: `make tensorflow`, "
+                        "or pip install -r requirements-tensorflow.txt)")
     else:
         missing = gpt2_files.missing_gpt2_files(model_size)
         if missing and not allow_download:
@@ -166,7 +201,7 @@ def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
                 settings, params = download_and_load_gpt2(model_size)
                 return settings, params, f"OpenAI's GPT-2 {model_size} (TensorFlow checkpoint in {default_models_dir()})"
             except Exception as err:  # DownloadError, OSError, TensorFlow's own errors for a damaged file
-                problems.append(f"OpenAI's checkpoint: {_first_line(err)}")
+                problems.append(f"OpenAI's checkpoint: {one_line(err, 200)}")
     # Route 2: safetensors from the Hugging Face Hub (its cache first).
     source = f"OpenAI's GPT-2 {model_size} (safetensors from the Hugging Face Hub, {HF_REPOS[model_size]})"
     folder, hub = None, gpt2_files.hf_endpoint()
@@ -183,12 +218,12 @@ def _real_gpt2(model_size: str, allow_download: bool, problems: list[str]):
             try:
                 folder = gpt2_files.download_gpt2_safetensors(model_size)
             except Exception as err:  # the Hub raises its own error types
-                problems.append(f"Hugging Face Hub: {_first_line(err)}")
+                problems.append(f"Hugging Face Hub: {one_line(err, 200)}")
     if folder is not None:
         try:
             return (*load_gpt2_params_from_safetensors(folder), source)
         except Exception as err:
-            problems.append(f"Hugging Face Hub files in {folder}: {_first_line(err)}")
+            problems.append(f"Hugging Face Hub files in {folder}: {one_line(err, 200)}")
     return None
 
 
@@ -209,9 +244,18 @@ def _stand_in(model_size: str, profile: str, say):
             return (*params_from_model(trained), f"lecture 02's model ({profile} profile)")
         folder = runtime.cache_dir() / "gpt2-local" / f"lecture02-{profile}"
         hparams = folder / "hparams.json"
-        if not (folder / "checkpoint").is_file() or not hparams.is_file() or hparams.stat().st_mtime < ckpt.stat().st_mtime:
-            write_openai_checkpoint(folder, *params_from_model(trained))
-        settings, params = load_openai_checkpoint(folder)
+        try:
+            if not (folder / "checkpoint").is_file() or not hparams.is_file() or hparams.stat().st_mtime < ckpt.stat().st_mtime:
+                write_openai_checkpoint(folder, *params_from_model(trained))
+            try:
+                settings, params = load_openai_checkpoint(folder)
+            except CheckpointReadError:  # a damaged copy is written again, never trusted
+                write_openai_checkpoint(folder, *params_from_model(trained))
+                settings, params = load_openai_checkpoint(folder)
+        except (WriteError, CheckpointReadError) as err:  # a full disk, or a damaged copy: the model itself will do
+            say(f"Using lecture 02's model instead, taken straight from the model: its copy in OpenAI's layout "
+                f"could not be written or read ({one_line(err, 300)}).")
+            return (*params_from_model(trained), f"lecture 02's model ({profile} profile)")
         say(f"Using lecture 02's model instead: written in OpenAI's checkpoint layout to {folder} and read "
             "back with the same code that reads GPT-2.")
         return settings, params, f"lecture 02's model ({profile} profile) in OpenAI's checkpoint layout"

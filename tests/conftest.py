@@ -6,6 +6,7 @@ import http.server
 import os
 import threading
 from pathlib import Path
+from time import sleep  # bound here: tests that stub time.sleep for the downloader keep the trickle
 
 import pytest
 
@@ -39,7 +40,14 @@ def lectures_cache(tmp_path_factory):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.routes``: path -> (status, body, options). Supports Range requests."""
+    """Serves ``server.routes``: path -> (status, body, options). Supports Range requests.
+
+    Options, for fault tests: ``ranges`` (False: ignore Range), ``truncate_to`` (send only that many
+    bytes, then close), ``no_length`` (no Content-Length: the body ends when the connection closes),
+    ``length`` (announce this Content-Length instead), ``content_type``, ``trickle`` ((bytes, seconds):
+    send that many bytes per pause), ``range_start`` (answer a Range request with a 206 that starts
+    there instead), ``location`` (with a 3xx status: where to redirect).
+    """
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -51,23 +59,43 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         status, body, options = route
+        if 300 <= status < 400:
+            self.send_response(status)
+            self.send_header("Location", options["location"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if status != 200:
             self.send_error(status)
             return
         start = 0
         rng = self.headers.get("Range")
         if rng and options.get("ranges", True):
-            start = int(rng.split("=")[1].split("-")[0])
+            start = options.get("range_start", int(rng.split("=")[1].split("-")[0]))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if options.get("content_type"):
+            self.send_header("Content-Type", options["content_type"])
+        if not options.get("no_length"):
+            self.send_header("Content-Length", str(options.get("length", len(payload))))
         self.end_headers()
         cut = options.get("truncate_to")
-        self.wfile.write(payload if cut is None else payload[:cut])
-        if cut is not None:
+        payload = payload if cut is None else payload[:cut]
+        try:
+            if options.get("trickle"):
+                step, pause = options["trickle"]
+                for i in range(0, len(payload), step):
+                    self.wfile.write(payload[i : i + step])
+                    self.wfile.flush()
+                    sleep(pause)
+            else:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: fine
+            return
+        if cut is not None or options.get("no_length"):
             self.close_connection = True
 
 
@@ -77,7 +105,7 @@ def http_server():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.routes, server.requests = {}, []
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -6,8 +6,8 @@ import torch
 
 from helpers import checkpoints as C
 from helpers import model as M
+from helpers.history import History
 from helpers.losses import calc_loss_batch
-from helpers.training import History
 
 
 def _step(model, opt, x, y):
@@ -147,3 +147,36 @@ def test_a_full_disk_during_a_save_is_named(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk is full"):
         C.save_checkpoint(target, M.GPTModel(M.get_config("tiny")))
     assert not target.exists() and not (tmp_path / "c.pt.part").exists()
+
+
+def test_a_run_with_other_settings_is_never_replaced_silently(monkeypatch, tmp_path):
+    monkeypatch.setenv("LECTURES_CACHE", str(tmp_path))
+    base = History([2.0], [2.5], [16], [0], [1.0], config={"learning_rate": 4e-4, "model": {"drop_rate": 0.1}})
+    other = History([1.0], [2.0], [16], [0], [1.0], config={"learning_rate": 1e-3, "model": {"drop_rate": 0.1}})
+    C.save_run("lecture02-quick", base)
+    with pytest.raises(FileExistsError, match="other settings.*learning_rate.*overwrite=True"):
+        C.save_run("lecture02-quick", other)
+    assert C.load_run("lecture02-quick") == base
+    # A free name that says what differs, plus a hash of all settings:
+    name = C.run_name_for("lecture02-quick", other.config)
+    assert name.startswith("lecture02-quick-learning_rate0.001-") and len(name.rsplit("-", 1)[1]) == 8
+    C.save_run(name, other)
+    assert C.list_runs() == ["lecture02-quick", name]
+    assert C.list_runs("lecture02-quick-*") == [name]
+    # The same settings again: the same name, replaced (a rerun of the same experiment).
+    assert C.run_name_for("lecture02-quick", base.config) == "lecture02-quick"
+    C.save_run("lecture02-quick", History([1.5], [2.5], [16], [0], [1.0], config=dict(base.config)))
+    assert C.load_run("lecture02-quick").train_losses == [1.5]
+    # Nested settings are named by their last key; explicit overwrite replaces.
+    dropout = {"learning_rate": 4e-4, "model": {"drop_rate": 0.5}}
+    assert C.run_name_for("lecture02-quick", dropout).startswith("lecture02-quick-drop_rate0.5-")
+    C.save_run("lecture02-quick", other, overwrite=True)
+    assert C.saved_config("lecture02-quick") == other.config
+
+
+def test_settings_hash_and_diff():
+    a = {"lr": 1e-3, "model": {"emb_dim": 128, "n_layers": 2}}
+    b = {"model": {"n_layers": 2, "emb_dim": 128}, "lr": 1e-3}
+    assert C.settings_hash(a) == C.settings_hash(b)
+    assert C.settings_hash({**a, "lr": 2e-3}) != C.settings_hash(a)
+    assert C.settings_diff({**a, "lr": 2e-3, "new": 1}, a) == {"lr": 0.002, "new": 1}

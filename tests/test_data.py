@@ -56,3 +56,21 @@ def test_train_val_loaders_are_the_course_pair(verdict_text):
 def test_split_ratio_validated():
     with pytest.raises(ValueError):
         data.train_val_split("abc", 1.5)
+
+
+def test_a_loader_without_batches_is_refused(verdict_text):
+    """The course pitfall: a batch larger than the split gives a loader that trains for zero steps."""
+    _, val = data.train_val_split(verdict_text, 0.9)
+    windows = len(data.GPTDatasetV1(val, tokenizer.get_tokenizer(), 256, 256))
+    with pytest.raises(ValueError, match=rf"gives {windows} window\(s\) of 256 tokens, fewer than batch_size=8"):
+        data.create_dataloader(val, batch_size=8, max_length=256, stride=256, drop_last=True)
+    assert len(data.create_dataloader(val, batch_size=8, max_length=256, stride=256, drop_last=False)) == 1
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        data.create_dataloader(val, batch_size=0, max_length=16, stride=16)
+    with pytest.raises(ValueError, match="fewer than batch_size=64"):
+        data.train_val_loaders(verdict_text, context_length=256, batch_size=64)
+
+
+def test_the_text_must_be_a_str():
+    with pytest.raises(TypeError, match="got bytes"):
+        data.GPTDatasetV1(b"some bytes", tokenizer.get_tokenizer(), max_length=2, stride=2)

@@ -162,18 +162,28 @@ def test_unknown_name():
         data.fetch("the-verdikt")
 
 
-def test_unpinned_file_records_its_hash_on_first_download(monkeypatch, tmp_path, http_server):
-    entry = data.DataFile("book", "book.txt", (http_server.url + "/book.txt",), None, None, "a book", "pd")
+def test_unpinned_file_is_checked_by_its_content_every_time(monkeypatch, tmp_path, http_server):
+    """No hash is recorded from a first download (it could be an error page); the content check decides."""
+    def check(path):
+        return None if path.read_bytes().startswith(b"The Verdict") else "not the book"
+
+    entry = data.DataFile("book", "book.txt", (http_server.url + "/book.txt",), None, None, "a book", "pd",
+                          check=check)
     monkeypatch.setitem(data.REGISTRY, "book", entry)
     monkeypatch.setenv("LECTURES_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LECTURES_MIRROR", raising=False)
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)
     http_server.routes["/book.txt"] = (200, BODY, {})
     path = data.fetch("book", progress=False)
-    assert (path.parent / "book.txt.sha256").read_text().strip() == DIGEST
-    path.write_bytes(BODY + b"tampered")  # a changed file no longer matches the recorded hash
+    assert sorted(p.name for p in path.parent.iterdir()) == ["book.txt"]  # no .sha256 sidecar
+    path.write_bytes(b"tampered " + BODY)  # a cached copy that fails the check is fetched again
     http_server.requests.clear()
     assert data.fetch("book", progress=False).read_bytes() == BODY
     assert [r[0] for r in http_server.requests] == ["/book.txt"]
+    http_server.routes["/book.txt"] = (200, b"<html>error</html>", {})
+    path.unlink()
+    with pytest.raises(download.DownloadError, match="not the book"):
+        data.fetch("book", progress=False)
 
 
 def test_strip_gutenberg_and_corpus(monkeypatch):

@@ -182,3 +182,22 @@ def test_query_model_returns_reply_text():
     client = FakeClient(["hello"])
     assert ev.query_model("Say hello", model="m", client=client) == "hello"
     assert client.requests[0][1] == [{"role": "user", "content": "Say hello"}]
+
+
+# --------------------------------------------------------------------------- bad entries (issue 15)
+
+
+def test_bad_entries_name_the_index_and_the_key():
+    good = {"instruction": "x", "input": "", "output": "y", "model_response": "y"}
+    with pytest.raises(KeyError, match="Entry 1 has no 'output'"):
+        ev.score_responses([good, {"instruction": "x", "model_response": "y"}], embeddings=False)
+    with pytest.raises(TypeError, match="Entry 0 holds a NoneType under 'model_response'"):
+        ev.score_responses([{**good, "model_response": None}], embeddings=False)
+    with pytest.raises(TypeError, match="list of dicts"):
+        ev.score_responses("not a list", embeddings=False)
+    with pytest.raises(KeyError, match="generate_test_responses"):
+        ev.judge_prompt({"instruction": "x", "output": "y"})
+    with pytest.raises(ValueError, match="1 scores for 2 entries"):
+        ev.scores_table([good, good], {"rouge_l": [1.0]})
+    with pytest.raises(KeyError, match="Entry 0 has no 'output'"):
+        ev.generate_model_scores([{"instruction": "x", "model_response": "y"}], client=object(), progress=False)

@@ -132,3 +132,30 @@ def test_a_really_full_disk(small_filesystem):
     assert sorted(p.name for p in small_filesystem.iterdir()) == ["old.txt"]  # no .part left behind
     files.atomic_write_text(small_filesystem / "small.txt", "fits")              # space came back
     assert (small_filesystem / "small.txt").read_text() == "fits"
+
+
+def test_write_errors_read_cleanly(tmp_path):
+    message = str(files.explain_write_error(tmp_path / "x.pt", OSError(errno.ENOSPC, "No space left on device")))
+    assert message.startswith(f"Could not write {tmp_path / 'x.pt'}: the disk is full")
+    assert "[Errno" not in message.split("(")[0]  # the words come first, not an errno prefix
+    assert files.explain_write_error(tmp_path, OSError(errno.ENOSPC, "x")).errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    (b"", "is empty"),
+    (b'{"cut": ', "could not be read"),
+    (b"\xff\xfe\x00", "could not be read"),
+], ids=["missing", "empty", "truncated", "binary"])
+def test_read_json_names_the_path_and_the_cause(tmp_path, content, match):
+    path = tmp_path / "settings.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(files.ReadError, match=match) as info:
+        files.read_json(path, "the settings")
+    assert str(path) in str(info.value) and "the settings" in str(info.value)
+
+
+def test_read_json_of_a_folder(tmp_path):
+    with pytest.raises(files.ReadError, match="is a folder"):
+        files.read_json(tmp_path)

@@ -255,3 +255,49 @@ def test_generate_response_stops_at_end_of_text_and_extracts():
     out = ins.generate_response(model, tok, WITH_INPUT, "cpu", max_new_tokens=50, context_size=1024)
     assert out == "The meal is cooked by the chef every day."
     assert model.training  # handed back in the mode it came in
+
+
+# --------------------------------------------------------------------------- bad entries (issue 15)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ({"input": "", "output": "y"}, "lacks the key 'instruction'"),
+    ({"instruction": "x", "input": ""}, "lacks the key 'output'"),
+    ({"instruction": 3, "output": "y"}, "holds a int under 'instruction'"),
+    ({"instruction": "x", "input": ["a"], "output": "y"}, "holds a list under 'input'"),
+    ({"instruction": "x", "output": None}, "holds a NoneType under 'output'"),
+    ("just a string", "is a str, not a dict"),
+], ids=["no-instruction", "no-output", "int-instruction", "list-input", "none-output", "not-a-dict"])
+def test_bad_entries_name_the_index_and_key(entry, problem):
+    data = [WITH_INPUT, WITHOUT_INPUT, entry]
+    with pytest.raises(ValueError, match=f"Entry 2 of the data {problem}"):
+        ins.InstructionDataset(data, get_tokenizer())
+    with pytest.raises(ValueError, match=f"Entry 2 of the data {problem}"):
+        ins.create_instruction_loaders(data, [WITH_INPUT], get_tokenizer(), batch_size=1)
+
+
+def test_single_entries_and_lists_are_checked_too():
+    with pytest.raises(ValueError, match="The entry lacks the key 'instruction'"):
+        ins.format_input({"output": "y"})
+    with pytest.raises(ValueError, match="The entry lacks the key 'output'"):
+        ins.format_response({"instruction": "x"})
+    assert ins.format_input({"instruction": "x", "input": None}).endswith("x")  # no input: fine
+    with pytest.raises(TypeError, match="list of entries"):
+        ins.InstructionDataset({"instruction": "x", "output": "y"}, get_tokenizer())
+    with pytest.raises(ValueError, match="Entry 1 of entries lacks the key 'instruction'"):
+        ins.generate_test_responses(None, get_tokenizer(), [WITH_INPUT, {"output": "y"}], "cpu", progress=False)
+
+
+def test_the_data_file_itself_is_checked(monkeypatch):
+    monkeypatch.setattr(ins, "read_text", lambda name: json.dumps([WITH_INPUT, {"instruction": "x", "output": "y"}]))
+    with pytest.raises(ValueError, match="Entry 1 of instruction-data.json lacks the key 'input'"):
+        ins.load_instruction_data()
+
+
+def test_loaders_without_batches_and_bad_lengths_are_refused():
+    with pytest.raises(ValueError, match="train_data has 2 entries, fewer than batch_size=8"):
+        ins.create_instruction_loaders([WITH_INPUT, WITHOUT_INPUT], [WITH_INPUT], get_tokenizer(), batch_size=8)
+    with pytest.raises(ValueError, match="val_data is empty"):
+        ins.create_instruction_loaders([WITH_INPUT], [], get_tokenizer(), batch_size=1)
+    with pytest.raises(ValueError, match="allowed_max_length must be at least 1"):
+        ins.custom_collate_fn([[1, 2, 3]], allowed_max_length=0)

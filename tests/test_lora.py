@@ -284,6 +284,15 @@ def test_bad_files_give_clear_errors(tmp_path):
         lora.load_lora(path, lora.apply_lora(tiny_model(), RANK * 2, ALPHA, targets="attention"))
     with pytest.raises(ValueError, match="same rank and alpha"):
         lora.load_lora(path, lora.apply_lora(tiny_model(), RANK, ALPHA + 1, targets="attention"))
+    with pytest.raises(ValueError, match="same rank and alpha"):
+        lora.load_lora(path, lora.apply_lora(tiny_model(), RANK, ALPHA, targets="attention", convention="course"))
+    with pytest.raises(ValueError, match="convention must be one of"):
+        lora.apply_lora(tiny_model(), RANK, ALPHA, convention="peft")
+    # A file written before the convention was recorded is a paper-convention file.
+    old_style = torch.load(path, weights_only=True)
+    old_style["layers"] = {n: {"rank": s["rank"], "alpha": s["alpha"]} for n, s in old_style["layers"].items()}
+    torch.save(old_style, tmp_path / "old_style.pt")
+    lora.load_lora(tmp_path / "old_style.pt", lora.apply_lora(tiny_model(), RANK, ALPHA, targets="attention"))
 
     with pytest.raises(FileNotFoundError):
         lora.load_lora(tmp_path / "missing.pt", tiny_model())
@@ -303,3 +312,17 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save(payload, tmp_path / "shape.pt")
     with pytest.raises(ValueError, match="shapes differ.*W_query.lora.A"):
         lora.load_lora(tmp_path / "shape.pt", lora.apply_lora(tiny_model(), RANK, ALPHA, targets="attention"))
+
+
+@pytest.mark.parametrize("rank, alpha, message", [
+    (0, 16, "rank must be a positive integer"),
+    (2.5, 16, "rank must be a positive integer"),
+    (True, 16, "rank must be a positive integer"),
+    ("8", 16, "rank must be a positive integer"),
+    (4, 0, "alpha = 0 would keep it at zero"),
+    (4, float("nan"), "finite number other than 0"),
+    (4, "16", "finite number other than 0"),
+])
+def test_lora_settings_that_would_train_nothing_are_refused(rank, alpha, message):
+    with pytest.raises(ValueError, match=message):
+        lora.LoRALayer(32, 16, rank, alpha)

@@ -11,7 +11,8 @@ import torch
 
 from helpers import model as M
 from helpers.losses import calc_loss_batch
-from helpers.perf import FastPath, autocast, make_optimizer, prepare_model
+from helpers.perf import FastPath, autocast, precision, prepare_model
+from helpers.training import make_optimizer
 
 
 def _train_steps(model, options, batches, steps=3):
@@ -79,6 +80,69 @@ def test_benchmark_runs_quick(tmp_path):
     padded = [r for r in results if r.get("pad_vocab")]
     assert len(padded) == 1 and padded[0]["options"]["pad_vocab_multiple"] == 64
     assert "x vs fast" in proc.stdout
+
+
+def _tf32_flags():
+    return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision())
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_precision_is_scoped_and_restored(start):
+    """TF32 is a process-wide switch: ``precision`` sets it for its block only, and puts it back after errors too."""
+    torch.set_float32_matmul_precision("high" if start else "highest")
+    torch.backends.cudnn.allow_tf32 = start
+    before = _tf32_flags()
+    assert before[:2] == (start, start)
+    try:
+        with precision(replace(FastPath(), tf32=True)):
+            assert _tf32_flags()[:2] == (True, True) and _tf32_flags()[2] == "high"
+        assert _tf32_flags() == before
+        with precision(FastPath.teaching()):
+            assert _tf32_flags()[:2] == (False, False) and _tf32_flags()[2] == "highest"
+        assert _tf32_flags() == before
+        with pytest.raises(RuntimeError, match="boom"), precision(replace(FastPath(), tf32=True)):
+            raise RuntimeError("boom")
+        assert _tf32_flags() == before
+        with precision(None):  # no options: nothing changes
+            assert _tf32_flags() == before
+    finally:
+        torch.set_float32_matmul_precision("highest")  # PyTorch's defaults
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def test_prepare_model_and_the_training_loop_leave_tf32_alone():
+    from helpers.training import train_loop
+
+    before = _tf32_flags()
+    options = replace(FastPath.for_device("cpu"), tf32=True)
+    model = prepare_model(M.GPTModel(M.get_config("tiny", vocab_size=256)), options)
+    assert _tf32_flags() == before
+    seen = []
+
+    def loss_fn(x, y, m, device):
+        seen.append(_tf32_flags()[0])
+        return calc_loss_batch(x, y, m, device)
+
+    batches = [(torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))) for _ in range(2)]
+    train_loop(model, batches, batches, make_optimizer(model, 1e-3, 0.0, options), "cpu", 1, 1, 1, loss_fn=loss_fn,
+               options=options, progress=False, verbose=False)
+    assert seen == [True, True] and _tf32_flags() == before
+
+
+def test_a_benchmark_measurement_is_a_typed_record():
+    from benchmarks.__main__ import Measurement, Spec, measure
+
+    spec = Spec(kind="train", name="train, tiny", path="fast", device="cpu", config="tiny",
+                overrides={"vocab_size": 256}, steps=1, warmup=0)
+    before = _tf32_flags()
+    result = measure(spec)
+    assert isinstance(result, Measurement) and result.spec == spec and result.tokens_per_s > 0
+    assert result.seconds > 0 and result.achieved_tflops > 0 and result.mfu is None
+    assert Measurement.from_dict(json.loads(json.dumps(result.as_dict()))) == result
+    assert _tf32_flags() == before
+    with pytest.raises(ValueError, match="kind"):
+        Spec(kind="inference", name="x", path="fast", device="cpu", config="tiny")
 
 
 def test_peak_memory_sees_a_large_allocation():

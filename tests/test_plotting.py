@@ -4,7 +4,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from helpers import plotting
-from helpers.training import History
+from helpers.history import History
 
 H = History([9.0, 6.0, 4.0], [9.5, 7.0, 6.5], [512, 2560, 4608], [0, 4, 8], [1 / 9, 5 / 9, 1.0],
             extra={"val_acc": [0.6, 0.8]})
@@ -97,3 +97,18 @@ def test_live_plot_redraws_one_figure_in_one_output(monkeypatch):
     assert first is second and [kind for kind, _ in calls] == ["display", "update"]
     assert all(obj is first for _, obj in calls)
     assert len(second.axes[0].get_lines()) == 2 and list(second.axes[0].get_lines()[0].get_ydata()) == H.train_losses
+
+
+def test_plot_runs_by_pattern(monkeypatch, tmp_path):
+    from helpers import checkpoints
+
+    monkeypatch.setenv("LECTURES_CACHE", str(tmp_path))
+    for i, name in enumerate(["lecture02-quick", "lecture02-quick-lr0.001-abcdef12", "other"]):
+        checkpoints.save_run(name, History([3.0 - i, 2.0], [3.5, 3.0], [10, 20], [0, 1], [0.5, 1.0],
+                                           config={"i": i}))
+    fig = plotting.plot_runs(match="lecture02-*")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["lecture02-quick (train)", "lecture02-quick (val)",
+                      "lecture02-quick-lr0.001-abcdef12 (train)", "lecture02-quick-lr0.001-abcdef12 (val)"]
+    with pytest.raises(ValueError, match="No runs to plot.*saved: lecture02-quick"):
+        plotting.plot_runs(match="nothing-*")

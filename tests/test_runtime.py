@@ -55,3 +55,15 @@ def test_set_seed_reproduces():
     a = torch.rand(3)
     runtime.set_seed(7)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_apply_overrides_reaches_model_and_training_keys():
+    settings, config = {"learning_rate": 4e-4, "num_epochs": 10}, {"drop_rate": 0.1, "emb_dim": 768}
+    new_settings, new_config = runtime.apply_overrides({"learning_rate": 1e-3, "drop_rate": 0.5}, settings, config)
+    assert new_settings == {"learning_rate": 1e-3, "num_epochs": 10}
+    assert new_config == {"drop_rate": 0.5, "emb_dim": 768}
+    assert settings["learning_rate"] == 4e-4 and config["drop_rate"] == 0.1  # the originals stay
+    with pytest.raises(KeyError, match="'dropout', which is not a setting here. Use one of: drop_rate, emb_dim"):
+        runtime.apply_overrides({"dropout": 0.5}, settings, config)
+    with pytest.raises(KeyError, match="more than one group"):
+        runtime.apply_overrides({"x": 1}, {"x": 0}, {"x": 2})

@@ -170,13 +170,19 @@ def test_real_splits_have_the_courses_lengths_and_loaders(spam_csvs):
     assert train.max_length == 120  # the course's longest training message
     loaders = sd.create_spam_loaders(train, val, test, batch_size=8)
     assert [len(loader) for loader in loaders] == [130, 19, 38]
+    torch.manual_seed(123)
     x, y = next(iter(loaders.train))
     assert x.shape == (8, 120) and y.shape == (8,)
-    # validation and test keep their order and every message; training is shuffled, reproducibly
+    # validation and test keep their order and every message; training is shuffled, reproducibly:
+    # by default from the global generator (as the course: the seed sets the order) ...
     assert torch.equal(next(iter(loaders.validation))[0], torch.stack([val[i][0] for i in range(8)]))
-    again = sd.create_spam_loaders(train, val, test, batch_size=8, seed=123)
-    assert torch.equal(next(iter(again.train))[0], x)
+    torch.manual_seed(123)
+    assert torch.equal(next(iter(loaders.train))[0], x)
     assert not torch.equal(x, torch.stack([train[i][0] for i in range(8)]))
+    # ... or, with a seed, from the loader's own generator, whatever the global one holds
+    own = next(iter(sd.create_spam_loaders(train, val, test, batch_size=8, seed=123).train))[0]
+    torch.manual_seed(0)
+    assert torch.equal(next(iter(sd.create_spam_loaders(train, val, test, batch_size=8, seed=123).train))[0], own)
     assert sum(b[0].shape[0] for b in loaders.test) == 300
 
 

@@ -5,6 +5,7 @@ import tiktoken
 import torch
 
 from helpers import tokenizer
+from helpers.files import ReadError
 
 EXAMPLE = "Hello, world. Is this-- a test?<|endoftext|>"
 EXPECTED = [15496, 11, 995, 13, 1148, 428, 438, 257, 1332, 30, 50256]
@@ -54,3 +55,29 @@ def test_round_trip_helpers():
     assert tokenizer.token_ids_to_text(ids[0]) == "Every effort moves you"
     with pytest.raises(ValueError):
         tokenizer.token_ids_to_text(torch.zeros(2, 2, 2, dtype=torch.long))
+
+
+def test_empty_text_gives_an_empty_long_tensor():
+    ids = tokenizer.text_to_token_ids("")
+    assert ids.dtype == torch.long and ids.shape == (1, 0)
+    assert tokenizer.text_to_token_ids("Hi").dtype == torch.long
+    assert tokenizer.token_ids_to_text(ids) == ""
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(TypeError, match="needs a str, got int"):
+        tokenizer.text_to_token_ids(42)
+    with pytest.raises(TypeError, match="needs a str, got list"):
+        tokenizer.text_to_token_ids(["a"])
+    with pytest.raises(ValueError, match="Token id 50300 at position 1 is not in the tokenizer's vocabulary"):
+        tokenizer.token_ids_to_text(torch.tensor([[15496, 50300]]))  # e.g. a padding row of a padded vocabulary
+    with pytest.raises(ValueError, match="Token id -1"):
+        tokenizer.token_ids_to_text(torch.tensor([-1]))
+    with pytest.raises(ValueError, match="must be integers"):
+        tokenizer.token_ids_to_text(torch.tensor([1.0, 2.0]))
+    assert tokenizer.token_ids_to_text([15496, 11]) == "Hello,"  # a plain list works too
+
+
+def test_missing_bpe_file_is_named(tmp_path):
+    with pytest.raises(ReadError, match="vocab.bpe does not exist"):
+        tokenizer.encoding_from_files(tmp_path)

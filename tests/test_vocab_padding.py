@@ -12,7 +12,8 @@ from helpers.checkpoints import load_checkpoint, save_checkpoint
 from helpers.classifier import add_classification_head
 from helpers.generation import generate
 from helpers.losses import calc_loss_batch
-from helpers.perf import FastPath, make_optimizer, prepare_model
+from helpers.perf import FastPath, prepare_model
+from helpers.training import make_optimizer
 from helpers.weights import load_weights_into_gpt, params_from_model
 
 VOCAB, PADDED = 50257, 50304

