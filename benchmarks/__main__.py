@@ -7,6 +7,8 @@
     python -m benchmarks generation      # our KV-cache generation against transformers' (benchmarks/generation.py)
     python -m benchmarks prefix-cache    # lecture 04's training with and without the frozen-prefix cache
     python -m benchmarks corpus          # preparing and reading token shards of 1 MB to 1 GB (benchmarks/corpus.py)
+    python -m benchmarks padding         # lecture 05 with random batches against batches grouped by length
+    python -m benchmarks --lectures      # each lecture's training cell in the full profile, before and after
 
 Each measurement is described by a :class:`Spec` and runs in a fresh Python process, so that its peak
 memory is its own; it comes back as a :class:`Measurement`. Times are medians over ``--steps`` steps
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import corpus, generation, prefix_cache
+from benchmarks import corpus, generation, lectures, padding, prefix_cache
 from helpers import model as M
 from helpers.files import atomic_write_json
 from helpers.generation import generate
@@ -267,13 +269,17 @@ def table(results: list[Measurement]) -> str:
 
 
 # The other measurements, each with its own options: ``python -m benchmarks corpus --sizes 1 10``.
-SUITES = {"corpus": corpus.main, "generation": generation.main, "prefix-cache": prefix_cache.main}
+SUITES = {"corpus": corpus.main, "generation": generation.main, "prefix-cache": prefix_cache.main,
+          "padding": padding.main, "lectures": lectures.main}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SUITES:
         return SUITES[argv[0]](argv[1:])
+    if "--lectures" in argv:  # the issue's spelling: python -m benchmarks --lectures [its options]
+        argv.remove("--lectures")
+        return lectures.main(argv)
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: helpers.runtime.get_device())")

@@ -129,8 +129,11 @@ def _load() -> str:
 
 def measure_generation(variants=DEFAULT_VARIANTS, *, size: str = "124M", prompt_tokens: int = 8,
                        new_tokens: int = 200, rounds: int = 3, repeats: int = 1, threads: int | None = None,
-                       baseline: str | Path | None = None, progress: bool = True) -> list[dict]:
+                       baseline: str | Path | None = None, no_cache_rounds: int | None = None,
+                       progress: bool = True) -> list[dict]:
     """Measure each variant ``rounds`` times (taking turns), each in a fresh process; return plain records.
+
+    The slow no-cache variants run in the first ``no_cache_rounds`` rounds only (default: all rounds).
 
     One record per variant: ``variant``, ``tokens_per_s`` (the median over all runs), ``runs`` (every
     run's tokens/s, in order), ``tokens_sha1`` (a fingerprint of the generated tokens), the load average
@@ -146,6 +149,8 @@ def measure_generation(variants=DEFAULT_VARIANTS, *, size: str = "124M", prompt_
         loads.append(_load())
         order = variants[r % len(variants):] + variants[: r % len(variants)]   # a different first each round
         for variant in order:
+            if variant.endswith("no-cache") and no_cache_rounds is not None and r >= no_cache_rounds:
+                continue
             spec = {"variant": variant, "size": size, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
                     "repeats": repeats, "threads": threads}
             if variant.startswith("baseline-"):
@@ -199,6 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-cache-rounds", type=int, default=None,
+                        help="run the (slow) no-cache variant in this many rounds only (default: every round)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per process")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--out", default="build/benchmarks-generation.json")
@@ -211,7 +218,7 @@ def main(argv=None) -> int:
     print(f"load average before: {_load()} ({os.cpu_count()} CPUs)")
     records = measure_generation(args.variants.split(","), size=size, prompt_tokens=args.prompt_tokens,
                                  new_tokens=new_tokens, rounds=rounds, repeats=args.repeats, threads=args.threads,
-                                 baseline=args.baseline)
+                                 baseline=args.baseline, no_cache_rounds=args.no_cache_rounds)
     print(f"load average after: {_load()}")
     from helpers.files import atomic_write_json  # here, not at the top: --single may import another helpers
 

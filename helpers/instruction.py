@@ -9,6 +9,9 @@ The path from a JSON entry to a training batch:
    the padding (all but one end-of-text token) replaced by ``-100`` so the loss ignores it.
 
 :func:`create_instruction_loaders` puts steps 2 and 3 together into the training and validation loaders.
+With ``group_by_length=True`` its training loader batches examples of similar length together
+(:class:`LengthGroupedBatchSampler`), which wastes less compute on padding; :func:`count_padding`
+counts how much.
 
 After finetuning, :func:`generate_response` writes the model's answer to an entry and
 :func:`extract_response` cuts the answer out of the generated text.
@@ -19,11 +22,12 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from .data import read_text
@@ -282,6 +286,105 @@ def make_collate_fn(
 
 
 
+# --------------------------------------------------------------------------- batching by length
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of examples of similar length, the batches in a random order: less padding (lecture 05).
+
+    :func:`custom_collate_fn` pads every batch to its longest example, so a batch that mixes a short
+    and a long example spends most of its compute on padding. Each epoch this sampler
+
+    1. shuffles all example indices (and, with ``drop_last``, leaves out the last ``len % batch_size``
+       of that random order, as a shuffling ``DataLoader`` with ``drop_last=True`` leaves out a random
+       incomplete batch);
+    2. cuts the shuffled indices into pools of ``pool_batches * batch_size`` examples and sorts each
+       pool by length (ties keep their random order), so neighbours have similar lengths;
+    3. cuts each sorted pool into batches and shuffles the order of all the epoch's batches.
+
+    Every example therefore appears at most once per epoch (exactly once when ``drop_last`` is False
+    or the batch size divides the number of examples), and which examples share a batch changes from
+    epoch to epoch. Smaller pools mix more, larger ones pad less; ``pool_batches=None`` sorts the whole
+    epoch at once.
+
+    Random numbers: with ``seed=None`` each epoch draws one number from PyTorch's global generator (as
+    ``DataLoader(shuffle=True)`` does), so ``torch.manual_seed`` before training fixes the order; with
+    a ``seed``, the sampler's own ``generator`` is seeded once and moves on with every epoch.
+    ``lengths`` are the examples' lengths in tokens (cut to the longest allowed length, if any).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, drop_last: bool = True,
+                 pool_batches: int | None = 32, seed: int | None = None):
+        if not _whole(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        if pool_batches is not None and (not _whole(pool_batches) or pool_batches < 1):
+            raise ValueError(f"pool_batches must be a whole number >= 1 or None (sort the whole epoch), "
+                             f"got {pool_batches!r}.")
+        if seed is not None and not _whole(seed):
+            raise ValueError(f"seed must be an int or None, got {seed!r}.")
+        lengths = list(lengths)
+        bad = next((i for i, n in enumerate(lengths) if not _whole(n) or n < 0), None)
+        if bad is not None:
+            raise ValueError(f"lengths must be whole numbers >= 0; entry {bad} is {lengths[bad]!r}.")
+        if not lengths or (drop_last and len(lengths) < batch_size):
+            raise ValueError(f"{len(lengths)} examples make no batch of {batch_size}"
+                             f"{' (an incomplete batch is dropped)' if drop_last else ''}.")
+        self.lengths, self.batch_size, self.drop_last = lengths, batch_size, drop_last
+        self.pool_batches, self.seed = pool_batches, seed
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n, b = len(self.lengths), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = self.generator
+        if generator is None:  # one draw from the global generator, as torch's RandomSampler makes
+            generator = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        if self.drop_last:
+            order = order[: len(self) * self.batch_size]
+        pool = len(order) if self.pool_batches is None else self.pool_batches * self.batch_size
+        batches = []
+        for start in range(0, len(order), pool):
+            ranked = sorted(order[start : start + pool], key=self.lengths.__getitem__)  # stable: ties stay random
+            batches += [ranked[i : i + self.batch_size] for i in range(0, len(ranked), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[k]
+
+
+def example_lengths(dataset: InstructionDataset, allowed_max_length: int | None = None) -> list[int]:
+    """Each example's length in tokens as a batch holds it: cut to ``allowed_max_length`` (lecture 05)."""
+    cap = allowed_max_length if allowed_max_length is not None else float("inf")
+    return [min(len(ids), cap) for ids in dataset.encoded_texts]
+
+
+def count_padding(batches: Iterable[Sequence[int]], lengths: Sequence[int]) -> dict:
+    """How many of the positions in ``batches`` hold real tokens and how many padding (lecture 05).
+
+    ``batches`` are lists of example indices (a loader's ``batch_sampler``, or any list of them) and
+    ``lengths`` the examples' lengths (:func:`example_lengths`). A batch is as long as its longest
+    example, as :func:`custom_collate_fn` pads the inputs: an example of n tokens fills n positions of
+    its row, the rest of the row is padding. Returns ``batches``, ``real``, ``padding`` and ``total``
+    positions and ``padding_fraction``.
+    """
+    n_batches = real = total = 0
+    for batch in batches:
+        sizes = [lengths[i] for i in batch]
+        if not sizes:
+            raise ValueError("count_padding got an empty batch.")
+        n_batches += 1
+        real += sum(sizes)
+        total += max(sizes) * len(sizes)
+    return {"batches": n_batches, "real": real, "padding": total - real, "total": total,
+            "padding_fraction": (total - real) / total if total else 0.0}
+
+
+
 class InstructionLoaders(NamedTuple):
     """Lecture 05's loaders, in the course's order: ``train_loader, val_loader = create_instruction_loaders(...)``."""
 
@@ -300,6 +403,8 @@ def create_instruction_loaders(
     mask_prompt: bool = False,
     num_workers: int = 0,
     seed: int | None = None,
+    group_by_length: bool = False,
+    pool_batches: int | None = 32,
 ) -> InstructionLoaders:
     """The training and validation loaders of lecture 05: :class:`InstructionDataset` batched by
     :func:`custom_collate_fn` (through :func:`make_collate_fn`, with these options).
@@ -310,6 +415,11 @@ def create_instruction_loaders(
     right before training fixes it, and it is the course's order for the same data. With ``seed``,
     the loader shuffles with its own generator seeded with it instead: the same order whatever else
     drew random numbers before, but no longer the course's.
+
+    ``group_by_length=True`` batches the training examples by length instead
+    (:class:`LengthGroupedBatchSampler` with ``pool_batches`` and ``seed``; the same number of batches,
+    the last incomplete one dropped), so that less of each batch is padding. Off by default: the
+    batches then differ from the course's, and so do the losses.
 
     ``allowed_max_length`` should not exceed the model's context length. With ``mask_prompt=True`` the
     datasets carry the prompt lengths the collate function needs to mask the prompt. Each loader's
@@ -325,10 +435,16 @@ def create_instruction_loaders(
     collate = make_collate_fn(device=device, allowed_max_length=allowed_max_length, mask_prompt=mask_prompt)
     train_set = InstructionDataset(train_data, tokenizer, with_prompt_length=mask_prompt)
     val_set = InstructionDataset(val_data, tokenizer, with_prompt_length=mask_prompt)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    if group_by_length:
+        sampler = LengthGroupedBatchSampler(example_lengths(train_set, allowed_max_length), batch_size,
+                                            drop_last=True, pool_batches=pool_batches, seed=seed)
+        train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    else:
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(train_set, batch_size=batch_size, collate_fn=collate, shuffle=True,
+                                  drop_last=True, num_workers=num_workers, generator=generator)
     return InstructionLoaders(
-        DataLoader(train_set, batch_size=batch_size, collate_fn=collate, shuffle=True, drop_last=True,
-                   num_workers=num_workers, generator=generator),
+        train_loader,
         DataLoader(val_set, batch_size=batch_size, collate_fn=collate, shuffle=False, drop_last=False,
                    num_workers=num_workers),
     )

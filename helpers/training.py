@@ -365,9 +365,9 @@ class BatchPlan:
 
 
 def _generators(loader) -> list[torch.Generator]:
-    """The loader's own generators (``DataLoader(generator=...)``, a sampler's), each once."""
+    """The loader's own generators (``DataLoader(generator=...)``, a sampler's or batch sampler's), each once."""
     found = []
-    for owner in (loader, getattr(loader, "sampler", None)):
+    for owner in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         generator = getattr(owner, "generator", None)
         if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
             found.append(generator)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from helpers import instruction as ins
 from helpers.tokenizer import get_tokenizer
+from helpers.training import rng_state
 
 P = 50256  # end-of-text, the padding token
 X = -100  # ignore_index
@@ -185,6 +186,100 @@ def test_instruction_loaders_shuffle_repeatably_truncate_and_mask():
     _, targets = next(iter(val_loader))
     kept = targets[1][targets[1] != X].tolist()
     assert tok.decode(kept) == ins.format_response(WITHOUT_INPUT) + "<|endoftext|>"
+
+
+# --------------------------------------------------------------------------- batching by length
+
+
+def epoch_batches(sampler, epochs=1):
+    return [[list(batch) for batch in sampler] for _ in range(epochs)]
+
+
+def wide_lengths(n=203, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, 400, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("n, drop_last", [(200, True), (203, True), (203, False)])
+def test_length_grouped_batches_use_every_example_once_per_epoch(n, drop_last):
+    sampler = ins.LengthGroupedBatchSampler(wide_lengths(n), 8, drop_last=drop_last, pool_batches=4, seed=1)
+    assert len(sampler) == (n // 8 if drop_last else -(-n // 8))
+    for batches in epoch_batches(sampler, 3):
+        assert len(batches) == len(sampler)
+        used = [i for batch in batches for i in batch]
+        assert len(used) == len(set(used))                       # nothing twice
+        assert len(used) == (n - n % 8 if drop_last else n)       # the dropped rest: fewer than one batch
+        assert sorted(len(b) for b in batches)[1:] == [8] * (len(batches) - 1)  # at most one short batch
+        if not drop_last:
+            assert sorted(used) == list(range(n))
+
+
+def test_length_grouped_batches_pad_less_than_random_batches():
+    lengths = wide_lengths(400)
+    torch.manual_seed(0)
+    random_batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(range(400)), 8, drop_last=True)
+    plain = ins.count_padding(random_batches, lengths)
+    grouped = ins.count_padding(ins.LengthGroupedBatchSampler(lengths, 8, pool_batches=10, seed=0), lengths)
+    whole = ins.count_padding(ins.LengthGroupedBatchSampler(lengths, 8, pool_batches=None, seed=0), lengths)
+    assert plain["batches"] == grouped["batches"] == 50 and plain["real"] + plain["padding"] == plain["total"]
+    assert grouped["padding"] < plain["padding"] / 4
+    assert whole["padding"] <= grouped["padding"]
+    assert ins.count_padding([[0, 1], [2]], [3, 5, 2]) == {
+        "batches": 2, "real": 10, "padding": 2, "total": 12, "padding_fraction": 2 / 12}
+
+
+def test_length_grouped_batches_are_seeded_and_change_from_epoch_to_epoch():
+    lengths = wide_lengths(120)
+
+    def run(seed):
+        return epoch_batches(ins.LengthGroupedBatchSampler(lengths, 4, seed=seed), 2)
+
+    first, second = run(7)
+    assert run(7) == [first, second]                               # the same seed: the same epochs
+    assert first != second                                         # a new order every epoch ...
+    assert {tuple(b) for b in first} != {tuple(b) for b in second}  # ... and new neighbours
+    assert run(8)[0] != first
+    torch.manual_seed(3)                                           # seed=None: the global generator
+    from_global = run(None)
+    torch.manual_seed(3)
+    assert run(None) == from_global
+    after_two_epochs = torch.rand(1)
+    torch.manual_seed(3)
+    for _ in range(2):                                             # one number per epoch, as RandomSampler draws
+        torch.empty((), dtype=torch.int64).random_()
+    assert torch.equal(torch.rand(1), after_two_epochs)
+
+
+def test_instruction_loaders_can_group_by_length():
+    tok = get_tokenizer()
+    train = [dict(WITH_INPUT, output="Yes. " * (1 + i % 7 * 9)) for i in range(30)]
+    options = {"batch_size": 4, "seed": 2, "allowed_max_length": 80}
+    plain, _ = ins.create_instruction_loaders(train, [WITH_INPUT], tok, **options)
+    grouped, val = ins.create_instruction_loaders(train, [WITH_INPUT], tok, group_by_length=True, **options)
+    assert len(grouped) == len(plain) == 7 and len(val) == 1
+    assert isinstance(grouped.batch_sampler, ins.LengthGroupedBatchSampler)
+    lengths = ins.example_lengths(grouped.dataset, 80)
+    assert max(lengths) == 80 and min(lengths) < 80
+    shapes = [x.shape[1] for x, _ in grouped]
+    assert len(shapes) == 7 and max(shapes) == 80
+    assert sum(shapes) < sum(x.shape[1] for x, _ in plain)
+    assert len(rng_state(grouped)["loader"]) == 1                  # a resumed run gets the sampler's generator back
+    default, _ = ins.create_instruction_loaders(train, [WITH_INPUT], tok, batch_size=4)
+    assert type(default.batch_sampler) is torch.utils.data.BatchSampler  # off by default: the course's loader
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1"),
+    ({"pool_batches": 0}, "pool_batches must be a whole number >= 1 or None"),
+    ({"seed": 1.5}, "seed must be an int or None"),
+    ({"lengths": [3, -1, 4]}, "entry 1 is -1"),
+    ({"lengths": [3, 4]}, "2 examples make no batch of 4 .an incomplete batch is dropped."),
+    ({"lengths": []}, "0 examples make no batch of 4"),
+])
+def test_length_grouped_sampler_refuses_bad_input(kwargs, message):
+    arguments = {"lengths": [5] * 10, "batch_size": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ins.LengthGroupedBatchSampler(arguments.pop("lengths"), arguments.pop("batch_size"), **arguments)
 
 
 # --------------------------------------------------------------------------- responses

@@ -56,3 +56,54 @@ def test_prefix_cache_benchmark_extrapolates_lecture_04(tmp_path):
     assert estimate["bytes_per_example"] == 120 * 32 * 4
     assert estimate["training_cell_uncached_s"] > 0 and estimate["step_speedup_with_build"] > 0
     assert "lecture 04's training cell, extrapolated" in stdout
+
+
+def test_padding_benchmark_counts_padding_and_trains_both_variants(tmp_path, capsys):
+    from benchmarks import padding
+
+    out = tmp_path / "padding.json"
+    assert padding.main(["--quick", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    random_, grouped = records["variants"]["random"], records["variants"]["grouped"]
+    assert records["train_examples"] == 48 and len(random_["padding_per_epoch"]) == 2
+    for r, g in zip(random_["padding_per_epoch"], grouped["padding_per_epoch"], strict=True):
+        assert r["batches"] == g["batches"] == 6 and r["real"] == g["real"]  # the same examples, other neighbours
+        assert g["padding"] < r["padding"]
+    for v in (random_, grouped):
+        assert len(v["losses"]) == 2 and v["timed_steps"] == 1 and v["val"][-1]["step"] == 2
+        assert v["real_tokens_per_s"] > 0 and v["lecture_training_estimate_s"] > 0
+    stdout = capsys.readouterr().out
+    assert "| epoch 1: real tokens + padding |" in stdout and "speed-up of the timed steps" in stdout
+
+
+def test_lectures_benchmark_extrapolates_each_lectures_training_cell(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    out = tmp_path / "lectures.json"
+    assert main(["--quick", "--lectures", "--out", str(out)]) == 0  # the issue's spelling, options around it
+    rows = json.loads(out.read_text())["results"]
+    by = {(r["lecture"], r["part"], r["variant"]): r for r in rows}
+    assert [r["lecture"] for r in rows if r["role"] == "before"] == ["02", "04", "05", "06", "06", "06"]
+    assert [r["part"] for r in rows if r["lecture"] == "06" and r["role"] == "after"] == [
+        "all layers", "last block + head", "LoRA r=16"]
+    # the full profile's counts, from the notebooks' config cells and the lectures' data
+    assert by["02", "", "default"]["steps"] == 9 * 10 and by["02", "", "default"]["samples"] == 10
+    lecture04 = by["04", "last_block", "default"]
+    assert lecture04["steps"] == 130 * 5 and lecture04["cache_examples"] == 1045 + 5 * 8
+    assert lecture04["eval_positions"] == (13 + 5) * 10 * lecture04["train_positions"] // 650
+    assert by["04", "last_block", "teaching path, no shortcuts"]["cache_examples"] == 0
+    assert by["05", "", "default"]["steps"] == by["05", "", "GROUP_BY_LENGTH = True"]["steps"] == 116 * 2
+    assert (by["05", "", "GROUP_BY_LENGTH = True"]["train_positions"] < by["05", "", "default"]["train_positions"])
+    assert all(r["total_s"] > 0 and r["median_step_s"] > 0 for r in rows)
+    stdout = capsys.readouterr().out
+    assert "| lecture | before (min) | after (min) | speed-up |" in stdout
+
+
+def test_lectures_benchmark_reads_the_notebooks_full_profile():
+    from benchmarks.lectures import notebook_config
+
+    lecture05 = notebook_config("05")
+    assert lecture05["PROFILE"] == "full" and lecture05["MODEL_SIZE"] == "355M"
+    assert lecture05["SETTINGS"]["num_epochs"] == 2 and lecture05["GROUP_BY_LENGTH"] is False
+    assert notebook_config("02")["GPT_CONFIG"]["emb_dim"] == 768
+    assert notebook_config("04", profile="quick")["SETTINGS"]["num_epochs"] == 2
