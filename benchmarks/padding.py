@@ -9,7 +9,7 @@ On lecture 05's data (the 935 training examples of the instruction data, batch 8
 dropped, ``allowed_max_length`` 1024) it
 
 1. counts, for each of the lecture's 2 epochs, the positions of the training batches that hold real tokens
-   and those that hold padding, with ``create_instruction_loaders(...)`` as the lecture builds it and with
+   and those that hold padding (the batches the training below then draws), with ``create_instruction_loaders(...)`` as the lecture builds it and with
    ``group_by_length=True``;
 2. trains two copies of the same randomly initialised model (GPT-2's sizes: offline there are no GPT-2
    weights, and the sizes are what the time depends on), one on each loader, both seeded alike, with the
@@ -39,18 +39,12 @@ from pathlib import Path
 import torch
 
 from helpers.files import atomic_write_json
-from helpers.instruction import (
-    count_padding,
-    create_instruction_loaders,
-    example_lengths,
-    load_instruction_data,
-    split_data,
-)
+from helpers.instruction import IGNORE_INDEX, create_instruction_loaders, load_instruction_data, split_data
 from helpers.losses import calc_loss_loader
 from helpers.model import GPTModel, get_config
 from helpers.perf import FastPath
 from helpers.tokenizer import get_tokenizer
-from helpers.training import make_optimizer, train_step
+from helpers.training import make_optimizer, rng_state, set_rng_state, train_step
 
 LECTURE_05 = {"batch_size": 8, "num_epochs": 2, "learning_rate": 5e-5, "weight_decay": 0.1,
               "allowed_max_length": 1024}
@@ -82,12 +76,23 @@ def lecture_loaders(tokenizer, examples: int | None = None, seed: int = SEED) ->
 
 
 def padding_per_epoch(loaders: dict, epochs: int) -> dict:
-    """``count_padding`` of each variant's training batches, epoch by epoch (from a fresh copy of its sampler)."""
+    """Real and padding positions of each variant's training batches, epoch by epoch: the batches training sees.
+
+    Counted on the batches the loader gives (an example's positions are those whose target is not
+    ``IGNORE_INDEX``: its tokens, the last one's target being the end-of-text token; the loaders here do not
+    mask the prompt), as :func:`helpers.instruction.count_padding` counts them. The random generators are put
+    back afterwards, so that training draws the same batches again.
+    """
     counts = {}
     for name, (train, _) in loaders.items():
-        sampler = copy.deepcopy(train.batch_sampler)  # leaves the loader's own generator where it is
-        lengths = example_lengths(train.dataset, LECTURE_05["allowed_max_length"])
-        counts[name] = [count_padding(sampler, lengths) for _ in range(epochs)]
+        state = rng_state(train)
+        counts[name] = []
+        for _ in range(epochs):
+            sizes = [(int((y != IGNORE_INDEX).sum()), x.numel()) for x, y in train]
+            real, total = sum(r for r, _ in sizes), sum(t for _, t in sizes)
+            counts[name].append({"batches": len(sizes), "real": real, "padding": total - real, "total": total,
+                                 "padding_fraction": (total - real) / total})
+        set_rng_state(state, train)
     return counts
 
 
@@ -142,7 +147,7 @@ def measure_padding(*, size: str = "124M", steps: int = 10, eval_every: int = 0,
                 run["positions"].append(inputs.numel())
                 # real tokens: the input positions before each row's padding (targets -100 after the first
                 # end-of-text; the end-of-text target itself sits at the last real input position)
-                run["real"].append(int((targets != -100).sum()))
+                run["real"].append(int((targets != IGNORE_INDEX).sum()))
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             evaluate(step + 1)
         if progress:
