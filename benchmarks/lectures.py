@@ -311,9 +311,10 @@ def classifier_work(s: dict, loaders, max_length: int, batch: int, before_and_te
                 plain_eval_positions=plain * positions, cache_examples=cache_examples if cached else 0)
 
 
-def lecture04(args, tokenizer) -> list[dict]:
-    """Lecture 04's training cell: GPT-2 124M's last block and a new head on the spam messages, 5 epochs."""
-    nb = notebook_config("04")
+def spam_lecture_setup(lecture: str, args, tokenizer):
+    """What lectures 04 and 06 share: the notebook's config, its spam loaders, the seeded base model and the
+    batches to time. Returns ``(nb, settings, max_length, loaders, base, batches, eval_batches)``."""
+    nb = notebook_config(lecture)
     s = nb["SETTINGS"]
     cfg = get_config(nb["MODEL_SIZE"], **(TINY if args.quick else {}))
     _, max_length, loaders = spam_loaders(nb, tokenizer, s["batch_size"])
@@ -321,6 +322,12 @@ def lecture04(args, tokenizer) -> list[dict]:
     base = GPTModel(cfg)
     batches = first_batches(loaders.train, max(1, args.steps), args.tokens)
     eval_batches = first_batches(loaders.validation, args.eval_batches + 1, args.tokens)
+    return nb, s, max_length, loaders, base, batches, eval_batches
+
+
+def lecture04(args, tokenizer) -> list[dict]:
+    """Lecture 04's training cell: GPT-2 124M's last block and a new head on the spam messages, 5 epochs."""
+    nb, s, max_length, loaders, base, batches, eval_batches = spam_lecture_setup("04", args, tokenizer)
     strategy = {"trainable": nb["TRAINABLE"], "learning_rate": s["learning_rate"], "weight_decay": s["weight_decay"]}
     rows = []
     variants = [("before", "teaching path, no shortcuts", FastPath.teaching(), False),
@@ -335,14 +342,7 @@ def lecture04(args, tokenizer) -> list[dict]:
 
 def lecture06(args, tokenizer) -> list[dict]:
     """Lecture 06's training cell: three finetuning strategies of GPT-2 124M on the spam messages, 5 epochs each."""
-    nb = notebook_config("06")
-    s = nb["SETTINGS"]
-    cfg = get_config(nb["MODEL_SIZE"], **(TINY if args.quick else {}))
-    _, max_length, loaders = spam_loaders(nb, tokenizer, s["batch_size"])
-    torch.manual_seed(nb["SEED"])
-    base = GPTModel(cfg)
-    batches = first_batches(loaders.train, max(1, args.steps), args.tokens)
-    eval_batches = first_batches(loaders.validation, args.eval_batches + 1, args.tokens)
+    nb, s, max_length, loaders, base, batches, eval_batches = spam_lecture_setup("06", args, tokenizer)
     rows = []
     for name, strategy in nb["STRATEGIES"].items():
         strategy = {**strategy, "weight_decay": s["weight_decay"]}

@@ -30,15 +30,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from helpers.files import atomic_write_json
+from benchmarks.results import save_results
 from helpers.instruction import IGNORE_INDEX, create_instruction_loaders, load_instruction_data, split_data
 from helpers.losses import calc_loss_loader
 from helpers.model import GPTModel, get_config
@@ -229,13 +227,7 @@ def main(argv=None) -> int:
         records = measure_padding(size="tiny", steps=2, examples=48, threads=args.threads)
     else:
         records = measure_padding(size=args.size, steps=args.steps, eval_every=args.eval_every, threads=args.threads)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, {"meta": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                                     "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "results": records})
-    print()
-    print(report(records))
-    print(f"\nResults written to {out}")
+    save_results(args.out, records, report(records))
     return 0
 
 

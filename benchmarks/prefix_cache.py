@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.results import save_results
 from helpers import classifier as clf
-from helpers.files import atomic_write_json
 from helpers.model import GPTModel, get_config
 from helpers.perf import FastPath
 from helpers.prefix_cache import cache_frozen_prefix
@@ -155,13 +153,7 @@ def main(argv=None) -> int:
         records = measure_prefix_cache(size="tiny", steps=2, warmup=1, build_batches=2, rounds=1, threads=args.threads)
     else:
         records = measure_prefix_cache(steps=args.steps, rounds=args.rounds, threads=args.threads)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, {"meta": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                                     "when": time.strftime("%Y-%m-%d %H:%M:%S")}, "results": records})
-    print()
-    print(report(records))
-    print(f"\nResults written to {out}")
+    save_results(args.out, records, report(records))
     return 0
 
 
