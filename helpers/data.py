@@ -457,6 +457,26 @@ def train_val_split(text: str, train_ratio: float = 0.9) -> tuple[str, str]:
     return text[:split_idx], text[split_idx:]
 
 
+def longest_verbatim_run(generated: str, text: str) -> str:
+    """The longest run of consecutive words of ``generated`` that occurs word for word in ``text`` (lecture 02).
+
+    Lecture 02 uses it to prove overfitting by code: a model that memorised its training text generates
+    long runs of it. Words are split on whitespace, and a run counts when its words, joined by single
+    spaces, occur as whole words in ``text`` with its whitespace also made single spaces. Returns ``""`` when no word
+    of ``generated`` occurs in ``text``.
+    """
+    if not isinstance(generated, str) or not isinstance(text, str):
+        raise TypeError("longest_verbatim_run takes two strings: the generated text and the text to search.")
+    haystack = f" {' '.join(text.split())} "   # spaces at both ends: a run must match whole words
+    words = generated.split()
+    best: tuple[int, int] = (0, 0)
+    for start in range(len(words)):
+        end = start + (best[1] - best[0]) + 1   # only a longer run than the best so far matters
+        while end <= len(words) and f" {' '.join(words[start:end])} " in haystack:
+            best, end = (start, end), end + 1
+    return " ".join(words[best[0]:best[1]])
+
+
 class TextLoaders(NamedTuple):
     """The training and validation loaders of a text, in that order (lectures 01-03)."""
 

@@ -31,7 +31,6 @@ from .gpt2_files import (
     HF_REPOS,
     check_size,
     default_models_dir,
-    download_bytes,
     download_gpt2_files,
 )
 from .gpt2_formats import (
@@ -270,26 +269,50 @@ def load_base_params(model_size: str = "124M", *, allow_download: bool = True, p
                      verbose: bool = True):
     """The weights lectures 03-06 start from, as ``(settings, params, source)`` (lecture 03 shows them).
 
-    In the full profile: OpenAI's GPT-2 ``model_size``, from OpenAI's TensorFlow checkpoint or else the
-    Hub's safetensors (files already on disk first; with ``allow_download=False`` nothing else). When
-    neither can be had (offline), or in the quick profile (which never downloads the 0.5-6 GB files):
-    lecture 02's model, written in OpenAI's layout and read back through the very same reader. If
-    lecture 02 has not run either, a freshly initialised model. ``source`` says in words which one
-    you got, and a short message says why.
+    In both profiles: OpenAI's GPT-2 ``model_size``, from OpenAI's TensorFlow checkpoint or else the
+    Hub's safetensors (files already on disk first; with ``allow_download=False`` nothing else). The
+    quick profile differs only in what the lectures do with it (fewer steps, fewer examples). When
+    neither route works (offline): lecture 02's model of the same profile, written in OpenAI's layout and
+    read back through the very same reader. If lecture 02 has not run either, a freshly initialised
+    model. ``source`` says in words which one you got, and a short message says why.
     """
     check_size(model_size)
     profile = runtime.profile(profile)
     say = print if verbose else (lambda *a, **k: None)
-    if profile == "quick":
-        say(f"Quick profile: GPT-2 {model_size} is not downloaded ({download_bytes(model_size) / 1e9:.1f} GB); "
-            "lecture 02's small model stands in. The full profile loads the real weights.")
-    else:
-        problems: list[str] = []
-        found = _real_gpt2(model_size, allow_download, problems)
-        if found is not None:
-            return found
-        say(f"Could not get GPT-2 {model_size}'s weights (offline?):\n  - " + "\n  - ".join(problems))
+    problems: list[str] = []
+    found = _real_gpt2(model_size, allow_download, problems)
+    if found is not None:
+        return found
+    say(f"Could not get GPT-2 {model_size}'s weights (offline?):\n  - " + "\n  - ".join(problems))
     return _stand_in(model_size, profile, say)
+
+
+def is_real_gpt2(source: str) -> bool:
+    """True when ``source`` (from :func:`load_base_params`) names OpenAI's weights, not a stand-in.
+
+    Lectures 03-06 use it to say which base model the numbers below come from."""
+    return source.startswith("OpenAI's GPT-2")
+
+
+def base_model_banner(source: str, profile: str | None = None) -> str:
+    """A short Markdown note on the base model in use and what it means for the numbers (lectures 03-06).
+
+    Each of those lectures shows it, in a cell of its own, right after loading the base model.
+    """
+    profile = runtime.profile(profile)
+    if is_real_gpt2(source):
+        note = ("the real weights, so the outputs below show what the lecture describes"
+                + ("; the quick profile trains on fewer examples for fewer steps, so its numbers are smaller "
+                   "versions of the course's." if profile == "quick" else ", and the course's numbers apply."))
+    elif source.startswith("lecture 02"):
+        note = ("GPT-2 could not be had (offline?), so **lecture 02's model stands in**: it was pretrained on one "
+                "short story, not on 40 GB of web text. Every step runs the same way, and the checks below hold, "
+                "but text it writes is poor, and numbers the prose quotes from the course need the real GPT-2 "
+                "(go online, or set `LECTURES_MIRROR`, and rerun).")
+    else:
+        note = ("neither GPT-2 nor lecture 02's model could be found, so the model is **untrained**: the cells run, "
+                "but the results mean nothing. Run lecture 02 first, or go online.")
+    return f"**Base model: {source}.** This is {note}"
 
 
 def load_base_model(model_size: str = "124M", *, allow_download: bool = True, profile: str | None = None,

@@ -74,3 +74,14 @@ def test_a_loader_without_batches_is_refused(verdict_text):
 def test_the_text_must_be_a_str():
     with pytest.raises(TypeError, match="got bytes"):
         data.GPTDatasetV1(b"some bytes", tokenizer.get_tokenizer(), max_length=2, stride=2)
+
+
+def test_longest_verbatim_run_finds_whole_words_across_line_breaks():
+    text = "He laughed again, and threw back\nhis head  to look up at the sketch."
+    assert data.longest_verbatim_run("so he laughed again, and threw back his head to see", text) == \
+        "laughed again, and threw back his head to"
+    assert data.longest_verbatim_run("the ketch", text) == "the"      # "ketch" is no word of the text
+    assert data.longest_verbatim_run("nothing here", text) == ""
+    assert data.longest_verbatim_run("", text) == ""
+    with pytest.raises(TypeError, match="two strings"):
+        data.longest_verbatim_run(["a"], text)

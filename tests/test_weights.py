@@ -303,18 +303,17 @@ def test_load_base_model_falls_back_to_lecture02(offline, capsys):
         torch.testing.assert_close(model(x), trained(x), atol=1e-6, rtol=1e-6)
 
 
-def test_quick_profile_never_downloads(offline, monkeypatch, capsys):
-    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+def test_quick_profile_offline_uses_an_untrained_tiny_model_without_lecture02(offline, capsys):
     model, cfg, source = weights.load_base_model("124M", profile="quick")
     out = capsys.readouterr().out
-    assert "full profile" in out and "untrained" in source and "WARNING" in out and "gibberish" in out
+    assert "Could not get GPT-2 124M" in out and "untrained" in source and "WARNING" in out and "gibberish" in out
+    assert not weights.is_real_gpt2(source)
     # no lecture 02 checkpoint: the small config helpers.model keeps for the quick profile
     assert cfg["context_length"] == M.TINY_CONFIG["context_length"] and cfg["emb_dim"] == M.TINY_CONFIG["emb_dim"]
 
 
-def test_quick_profile_takes_lecture02s_config_from_its_checkpoint(offline, monkeypatch, capsys):
-    """The stand-in is built from the config lecture 02 saved, whatever sizes the lecture chose."""
-    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+def test_quick_profile_takes_lecture02s_config_from_its_checkpoint(offline, capsys):
+    """Offline, the stand-in is built from the config lecture 02 saved, whatever sizes the lecture chose."""
     torch.manual_seed(0)
     trained = M.GPTModel(M.get_config("tiny", context_length=48, emb_dim=40, n_heads=5, n_layers=3)).eval()
     checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), trained)
@@ -324,6 +323,20 @@ def test_quick_profile_takes_lecture02s_config_from_its_checkpoint(offline, monk
     x = torch.randint(0, 50257, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(model(x), trained(x), atol=1e-6, rtol=1e-6)
+
+
+@needs_tf
+def test_quick_profile_uses_cached_gpt2_before_lecture02s_model(offline, monkeypatch, tiny_ckpt, tiny_sizes):
+    """Real GPT-2 wherever it can be had, in the quick profile too (lectures 03-06 then train less on it)."""
+    folder, params = tiny_ckpt
+    monkeypatch.setattr(gpt2_files, "first_reachable", lambda *a, **k: pytest.fail("must not touch the network"))
+    checkpoints.save_checkpoint(checkpoints.pretrained_checkpoint_path("quick"), M.GPTModel(M.get_config("tiny")))
+    target = gpt2_files.default_models_dir() / "124M"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(folder, target_is_directory=True)
+    settings, loaded, source = weights.load_base_params("124M", profile="quick")
+    assert settings == SETTINGS and "TensorFlow checkpoint" in source and weights.is_real_gpt2(source)
+    np.testing.assert_array_equal(loaded["wpe"], params["wpe"])
 
 
 def test_hub_route_when_openai_is_unreachable(offline, monkeypatch, tmp_path, capsys):
