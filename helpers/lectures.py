@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 SOLUTIONS_DIR = NOTEBOOKS_DIR / "solutions"
 BUILD_DIR = REPO_ROOT / "build" / "lectures"
+RERUN_TAG = "training"   # the cells of a lecture's training section (cell tag)
 
 
 @dataclass
@@ -41,13 +42,43 @@ def list_solutions(folder: Path = SOLUTIONS_DIR) -> list[Path]:
     return sorted(p for p in folder.glob("[0-9][0-9]_*_solutions.ipynb"))
 
 
+def add_rerun_check(nb) -> bool:
+    """Append to ``nb`` cells that run its training section again and check that nothing changed (issue 13).
+
+    The training section is the cells tagged ``training``; the notebook's metadata names, under
+    ``lectures.rerun_check``, an expression for what that section computes (say
+    ``history.train_losses, history.val_losses``). After the whole notebook ran, the expression is
+    evaluated, the tagged cells run a second time, and the expression must give the same value: a
+    training section that depends on what later cells did (a loader peeked at, a model left in eval
+    mode, a setting changed) fails. Returns False, changing nothing, for a notebook without the tag.
+    """
+    tagged = [cell for cell in nb.cells if RERUN_TAG in cell.metadata.get("tags", [])]
+    if not tagged:
+        return False
+    expression = nb.metadata.get("lectures", {}).get("rerun_check")
+    if not expression:
+        raise ValueError("The notebook tags cells 'training' but names no lectures.rerun_check expression "
+                         "in its metadata: say what the training section computes.")
+    cells = [nbformat.v4.new_code_cell(f"_first_run = repr(({expression}))", id="rerun-check-before")]
+    cells += [nbformat.v4.new_code_cell(cell.source, id=f"rerun-{k}") for k, cell in enumerate(tagged)]
+    cells.append(nbformat.v4.new_code_cell(
+        f"_second_run = repr(({expression}))\n"
+        "assert _second_run == _first_run, ('the training section gave other numbers when run again:\\n'\n"
+        "                                   f'{_first_run[:500]}\\n{_second_run[:500]}')",
+        id="rerun-check-after"))
+    nb.cells.extend(cells)
+    return True
+
+
 def execute_notebook(
-    path: str | Path, out_dir: str | Path = BUILD_DIR, profile: str = "quick", timeout: int | None = None
+    path: str | Path, out_dir: str | Path = BUILD_DIR, profile: str = "quick", timeout: int | None = None,
+    rerun_check: bool = False,
 ) -> LectureResult:
     """Execute one notebook with ``LECTURES_PROFILE=profile``; save it and its figures under ``out_dir``.
 
     ``timeout`` limits each cell, in seconds; the default (None) sets no limit, because one training
-    cell of the full profile runs for well over an hour on a laptop CPU.
+    cell of the full profile runs for well over an hour on a laptop CPU. ``rerun_check`` then runs the
+    training section again and checks its numbers (:func:`add_rerun_check`).
 
     Raises ``nbclient.exceptions.CellExecutionError`` (with the failing cell and traceback) on error;
     the partly executed notebook is still written, so the error can be read in context.
@@ -55,6 +86,8 @@ def execute_notebook(
     path, out_dir = Path(path), Path(out_dir)
     runtime.profile(profile)  # validate early
     nb = nbformat.read(path, as_version=4)
+    if rerun_check:
+        add_rerun_check(nb)
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / path.name
     previous = os.environ.get(runtime.PROFILE_ENV)

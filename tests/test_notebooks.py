@@ -108,8 +108,42 @@ def test_config_cell_comes_first(path):
 def test_notebook_runs_in_quick_profile(path, tmp_path_factory):
     """Notebooks run in order in one session, sharing the cache, as a learner runs the series."""
     out = tmp_path_factory.getbasetemp() / "lectures-build"
-    result = lectures.execute_notebook(path, out, profile="quick", timeout=900)
+    result = lectures.execute_notebook(path, out, profile="quick", timeout=900, rerun_check=True)
     assert result.executed.exists()
+
+
+TRAINING_LECTURES = ("02", "04", "05", "06")
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in TRAINING_LECTURES], ids=lambda p: p.stem)
+def test_training_lectures_mark_their_training_section(path):
+    """The notebook run above also reruns these cells and compares what they computed (no hidden state)."""
+    nb = nbformat.read(path, as_version=4)
+    assert lectures.add_rerun_check(nb), f"{path.name}: tag the cells of its training section {lectures.RERUN_TAG!r}"
+
+
+def _notebook(*sources, rerun_check="result"):
+    nb = nbformat.v4.new_notebook(metadata={"lectures": {"rerun_check": rerun_check}})
+    nb.cells = [nbformat.v4.new_code_cell(src, id=f"c{k}") for k, (src, _) in enumerate(sources)]
+    for cell, (_, tags) in zip(nb.cells, sources, strict=True):
+        cell.metadata["tags"] = tags
+    return nb
+
+
+@pytest.mark.notebook
+def test_the_rerun_check_catches_hidden_state(tmp_path):
+    """A training cell that depends on what a later cell did gives other numbers the second time: an error."""
+    clean = _notebook(("import random\nrandom.seed(0)", []), ("random.seed(1)\nresult = random.random()", ["training"]),
+                      ("random.random()", []))
+    hidden = _notebook(("import random\nrandom.seed(0)", []), ("result = random.random()", ["training"]),
+                       ("random.random()", []))
+    for name, nb in (("clean", clean), ("hidden", hidden)):
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    lectures.execute_notebook(tmp_path / "clean.ipynb", tmp_path / "out", timeout=60, rerun_check=True)
+    with pytest.raises(CellExecutionError, match="gave other numbers when run again"):
+        lectures.execute_notebook(tmp_path / "hidden.ipynb", tmp_path / "out", timeout=60, rerun_check=True)
+    with pytest.raises(ValueError, match="rerun_check"):
+        lectures.add_rerun_check(_notebook(("x = 1", ["training"]), rerun_check=None))
 
 
 @pytest.mark.notebook
