@@ -189,7 +189,7 @@ def our_lecture02(text, tokenizer, cfg, settings, path="notebook", demo=False):
     if demo:  # lecture 02's cells between building the model and training draw random numbers
         model.train()
         inputs, targets = next(iter(train_loader))
-        optimizer = make_optimizer(model, 1e-3, 0.1, our_options(path))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)   # as lecture 02's cells
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten()).backward()
         optimizer.step()
@@ -197,8 +197,11 @@ def our_lecture02(text, tokenizer, cfg, settings, path="notebook", demo=False):
 
     runtime.set_seed(SEED)  # the training cell, as the course's: seed, build the model, train
     model = our_model(cfg, path)
-    optimizer = make_optimizer(model, lr=settings["learning_rate"], weight_decay=settings["weight_decay"],
-                               options=our_options(path))
+    # Lecture 02 teaches plain torch.optim.AdamW; the fast path's fused AdamW (make_optimizer) must agree too.
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=settings["weight_decay"])
+                 if path == "notebook" else
+                 make_optimizer(model, lr=settings["learning_rate"], weight_decay=settings["weight_decay"],
+                                options=our_options(path)))
     history, lines = printed(
         train_model_simple, model, train_loader, val_loader, optimizer, "cpu",
         num_epochs=settings["num_epochs"], eval_freq=settings["eval_freq"], eval_iter=settings["eval_iter"],
@@ -226,7 +229,7 @@ def test_both_models_draw_the_same_initial_weights():
             assert torch.equal(tensor, theirs_state[name]), name
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", (*PATHS, "fused-adamw"))
 def test_lecture02_prints_the_courses_losses_and_samples(short_verdict, path):
     """Lecture 01's losses before training, and lecture 02's training run: every printed line is the course's
     (losses to three decimals, the greedy samples after each epoch), and the numbers agree within 1e-5."""
