@@ -454,10 +454,9 @@ def create_instruction_loaders(
 # --------------------------------------------------------------------------- responses
 
 # Where a response ends when the model goes on writing: a new prompt section or a new prompt
-# (lecture 05 prints these two patterns next to extract_response's code).
-SECTION_START = re.compile(
-    "|".join(re.escape(m) for m in (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER, PREAMBLE))
-)
+# (lecture 05 prints these next to extract_response's code).
+SECTION_MARKERS = (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER, PREAMBLE)
+SECTION_START = re.compile("|".join(re.escape(m) for m in SECTION_MARKERS))
 LEADING_RESPONSE_MARKERS = re.compile(rf"^(?:\s*{re.escape(RESPONSE_MARKER)})+")
 
 
