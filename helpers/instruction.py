@@ -13,8 +13,9 @@ With ``group_by_length=True`` its training loader batches examples of similar le
 (:class:`LengthGroupedBatchSampler`), which wastes less compute on padding; :func:`count_padding`
 counts how much.
 
-After finetuning, :func:`generate_response` writes the model's answer to an entry and
-:func:`extract_response` cuts the answer out of the generated text.
+After finetuning, :func:`generate_response` writes the model's answer to an entry (:func:`respond` also
+says whether the model ended it with the end-of-text token) and :func:`extract_response` cuts the answer out
+of the generated text.
 """
 
 from __future__ import annotations
@@ -452,11 +453,11 @@ def create_instruction_loaders(
 
 # --------------------------------------------------------------------------- responses
 
-# Where a response ends when the model goes on writing: a new prompt section or a new prompt.
-_SECTION_START = re.compile(
-    "|".join(re.escape(m) for m in (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER, PREAMBLE))
-)
-_LEADING_MARKERS = re.compile(rf"^(?:\s*{re.escape(RESPONSE_MARKER)})+")
+# Where a response ends when the model goes on writing: a new prompt section or a new prompt
+# (lecture 05 prints these next to extract_response's code).
+SECTION_MARKERS = (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER, PREAMBLE)
+SECTION_START = re.compile("|".join(re.escape(m) for m in SECTION_MARKERS))
+LEADING_RESPONSE_MARKERS = re.compile(rf"^(?:\s*{re.escape(RESPONSE_MARKER)})+")
 
 
 def extract_response(generated_text: str, input_text: str) -> str:
@@ -475,25 +476,36 @@ def extract_response(generated_text: str, input_text: str) -> str:
     elif RESPONSE_MARKER in text:
         text = text.rsplit(RESPONSE_MARKER, 1)[1]
     text = text.split(END_OF_TEXT, 1)[0]
-    text = _LEADING_MARKERS.sub("", text)
-    match = _SECTION_START.search(text)
+    text = LEADING_RESPONSE_MARKERS.sub("", text)
+    match = SECTION_START.search(text)
     if match:
         text = text[: match.start()]
     return text.strip()
 
 
-def generate_response(
+class Response(NamedTuple):
+    """One generated answer of lecture 05: what :func:`respond` returns."""
+
+    text: str        #: the answer, cut out of the generated text by :func:`extract_response`
+    ended: bool      #: True when the model wrote the end-of-text token before ``max_new_tokens`` ran out
+    new_tokens: int  #: how many tokens the model generated (the end-of-text token included)
+
+
+def respond(
     model,
     tokenizer,
     entry: dict,
     device: str | torch.device,
     max_new_tokens: int = 256,
     context_size: int | None = None,
-) -> str:
+) -> Response:
     """Greedy-decode ``model``'s answer to ``entry``'s prompt, stopping at end-of-text (lecture 05).
 
-    Lecture 02's generation loop does the decoding. ``context_size`` defaults to the model's context
-    length. The model is put in eval mode for the generation and given back in the mode it came in.
+    Returns a :class:`Response`: the extracted answer, whether the model ended it itself with the
+    end-of-text token (a finetuned model has learned to; a base model mostly runs until
+    ``max_new_tokens``), and how many tokens it wrote. Lecture 02's generation loop does the decoding.
+    ``context_size`` defaults to the model's context length. The model is put in eval mode for the
+    generation and given back in the mode it came in.
     """
     if context_size is None:
         context_size = context_length(model)
@@ -506,8 +518,26 @@ def generate_response(
         temperature=0.0, top_k=None, eos_id=END_OF_TEXT_ID,
     )
     new_ids = out[0, len(prompt_ids) :].tolist()
-    new_ids = [t for t in new_ids if t != END_OF_TEXT_ID]  # in case the loop keeps the stop token
-    return extract_response(input_text + tokenizer.decode(new_ids), input_text)
+    ended = END_OF_TEXT_ID in new_ids
+    if ended:  # generate() keeps the stop token: the answer is what came before it
+        new_ids = new_ids[: new_ids.index(END_OF_TEXT_ID) + 1]
+    text = extract_response(input_text + tokenizer.decode(new_ids), input_text)
+    return Response(text, ended, len(new_ids))
+
+
+def generate_response(
+    model,
+    tokenizer,
+    entry: dict,
+    device: str | torch.device,
+    max_new_tokens: int = 256,
+    context_size: int | None = None,
+) -> str:
+    """Greedy-decode ``model``'s answer to ``entry``'s prompt, stopping at end-of-text (lecture 05).
+
+    The answer's text only: :func:`respond` also says whether the model ended it itself.
+    """
+    return respond(model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size).text
 
 
 def generate_test_responses(
@@ -523,15 +553,18 @@ def generate_test_responses(
 ) -> list[dict]:
     """Generate a response for every entry, store it under ``entry[response_key]``, and return ``entries``.
 
-    Lecture 05 answers its whole test set with it. The entries are updated in place (as in the
-    course). With ``path``, the list is then written as indented JSON, atomically
-    (:func:`helpers.files.atomic_write_json`). Every entry is checked before the first is answered.
+    Lecture 05 answers its whole test set with it (with the base model and the finetuned one). Next to
+    each response, ``entry[response_key + "_ended"]`` says whether the model ended it with the
+    end-of-text token (:attr:`Response.ended`) rather than running out of ``max_new_tokens``. The
+    entries are updated in place (as in the course). With ``path``, the list is then written as
+    indented JSON, atomically (:func:`helpers.files.atomic_write_json`). Every entry is checked
+    before the first is answered.
     """
     check_entries(entries, ("instruction",), "entries")
     for entry in tqdm(entries, desc="Generating responses", disable=not progress):
-        entry[response_key] = generate_response(
-            model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size
-        )
+        response = respond(model, tokenizer, entry, device, max_new_tokens=max_new_tokens, context_size=context_size)
+        entry[response_key] = response.text
+        entry[f"{response_key}_ended"] = response.ended
     if path is not None:
         atomic_write_json(path, entries, indent=4)
     return entries

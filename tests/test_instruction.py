@@ -307,17 +307,18 @@ def test_extract_response(generated, expected):
 def test_generate_test_responses_stores_and_saves_json(tmp_path, monkeypatch):
     calls = []
 
-    def fake_generate_response(model, tokenizer, entry, device, max_new_tokens=256, context_size=None):
+    def fake_respond(model, tokenizer, entry, device, max_new_tokens=256, context_size=None):
         calls.append((max_new_tokens, context_size))
-        return "answer to " + entry["instruction"]
+        return ins.Response("answer to " + entry["instruction"], entry is entries[0], 3)
 
-    monkeypatch.setattr(ins, "generate_response", fake_generate_response)
+    monkeypatch.setattr(ins, "respond", fake_respond)
     entries = [dict(WITH_INPUT), dict(WITHOUT_INPUT)]
     path = tmp_path / "out" / "responses.json"
     result = ins.generate_test_responses(None, None, entries, "cpu", max_new_tokens=7, context_size=9,
                                          path=path, progress=False)
     assert result is entries
     assert [e["model_response"] for e in entries] == ["answer to " + e["instruction"] for e in entries]
+    assert [e["model_response_ended"] for e in entries] == [True, False]
     assert calls == [(7, 9), (7, 9)]
     assert json.loads(path.read_text(encoding="utf-8")) == entries
     assert [p.name for p in path.parent.iterdir()] == ["responses.json"]  # no .part file left
@@ -350,6 +351,20 @@ def test_generate_response_stops_at_end_of_text_and_extracts():
     out = ins.generate_response(model, tok, WITH_INPUT, "cpu", max_new_tokens=50, context_size=1024)
     assert out == "The meal is cooked by the chef every day."
     assert model.training  # handed back in the mode it came in
+    response = ins.respond(model, tok, WITH_INPUT, "cpu", max_new_tokens=50, context_size=1024)
+    assert response == ins.Response(out, True, len(script) + 1)  # the end-of-text token counts as written
+
+
+def test_respond_says_when_the_model_ran_out_of_tokens():
+    """A model that has not learned to stop writes until max_new_tokens: not ended, however the text reads."""
+    tok = get_tokenizer()
+    prompt_ids = tok.encode(PROMPT)
+    script = tok.encode("\n\n### Response:\nThe meal is cooked by the chef every day.")
+    model = ScriptedModel(len(prompt_ids), script)
+    response = ins.respond(model, tok, WITH_INPUT, "cpu", max_new_tokens=len(script), context_size=1024)
+    assert response == ins.Response("The meal is cooked by the chef every day.", False, len(script))
+    cut = ins.respond(model, tok, WITH_INPUT, "cpu", max_new_tokens=6, context_size=1024)
+    assert not cut.ended and cut.new_tokens == 6
 
 
 # --------------------------------------------------------------------------- bad entries (issue 15)
