@@ -305,12 +305,12 @@ def base_model_banner(source: str, profile: str | None = None) -> str:
                 + ("; the quick profile trains on fewer examples for fewer steps, so its numbers are smaller "
                    "versions of the course's." if profile == "quick" else ", and the course's numbers apply."))
     elif source.startswith("lecture 02"):
-        note = ("GPT-2 could not be had (offline?), so **lecture 02's model stands in**: it was pretrained on one "
+        note = ("a stand-in: GPT-2 could not be had (offline?), so **lecture 02's model stands in**: it was pretrained on one "
                 "short story, not on 40 GB of web text. Every step runs the same way, and the checks below hold, "
                 "but text it writes is poor, and numbers the prose quotes from the course need the real GPT-2 "
                 "(go online, or set `LECTURES_MIRROR`, and rerun).")
     else:
-        note = ("neither GPT-2 nor lecture 02's model could be found, so the model is **untrained**: the cells run, "
+        note = ("a placeholder: neither GPT-2 nor lecture 02's model could be found, so the model is **untrained**: the cells run, "
                 "but the results mean nothing. Run lecture 02 first, or go online.")
     return f"**Base model: {source}.** This is {note}"
 
