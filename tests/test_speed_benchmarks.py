@@ -106,4 +106,4 @@ def test_lectures_benchmark_reads_the_notebooks_full_profile():
     assert lecture05["PROFILE"] == "full" and lecture05["MODEL_SIZE"] == "355M"
     assert lecture05["SETTINGS"]["num_epochs"] == 2 and lecture05["GROUP_BY_LENGTH"] is False
     assert notebook_config("02")["GPT_CONFIG"]["emb_dim"] == 768
-    assert notebook_config("04", profile="quick")["SETTINGS"]["num_epochs"] == 2
+    assert notebook_config("04", profile="quick")["SETTINGS"]["num_epochs"] == 3
