@@ -186,7 +186,7 @@ def test_lecture_01_runs_in_the_browser(page, lab):
 def test_lecture_02_change_a_value_rerun_compare(page, lab):
     name = "02_pretraining_loop.ipynb"
     _open(page, lab, name)
-    _run_all_and_wait(page, timeout_s=600, progress_shot="02-progress-widget")  # fails if no widget shows
+    _run_all_and_wait(page, timeout_s=1200, progress_shot="02-progress-widget")  # fails if no widget shows
     first = _check_rendered(page, lab[2], name, "02-run-all")
     assert "saved runs:" in _text(first)
 
@@ -198,7 +198,7 @@ def test_lecture_02_change_a_value_rerun_compare(page, lab):
     page.keyboard.press("Control+a")
     page.keyboard.insert_text(source.replace('"drop_rate": 0.1,', '"drop_rate": 0.0,'))
     page.keyboard.press("Escape")
-    _run_all_and_wait(page, timeout_s=900)
+    _run_all_and_wait(page, timeout_s=1200)
     second = _check_rendered(page, lab[2], name, "02-after-edit")
     text = _text(second)
     assert "'drop_rate': 0.0" in text, "the model config printed after the edit does not show drop_rate 0.0"
