@@ -10,14 +10,18 @@ Variants (all greedy, random weights, batch 1):
   kernels) and on the teaching path (attention, LayerNorm and GELU spelled out);
 * ``fast-no-cache``: the same without the KV cache (each step reruns the whole sequence);
 * ``transformers``: ``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)`` with the same sizes;
+* ``fast-bf16``, ``transformers-bf16``: the same two with the weights in bfloat16 (``model.to(torch.bfloat16)``).
+  At batch 1 on a CPU every weight is read from memory once per new token, so halving the bytes is
+  what speeds generation up once nothing is recomputed; the tokens can differ from float32's where two
+  logits nearly tie (random weights make that common), so they are left out of the same-tokens check;
 * ``baseline-fast``, ``baseline-teaching`` (with ``--baseline DIR``): ``generate`` from the ``helpers``
   package inside ``DIR``, e.g. an older commit exported with
   ``git archive COMMIT helpers | tar -x -C DIR``.
 
 Each measurement runs in a fresh Python process (its own model, allocator and threads); the variants
 take turns for ``--rounds`` rounds so that a change in the machine's load hits them alike, and the
-report gives the median tokens per second of each. Our variants start from the same seed, so they must
-produce the same tokens: the report says whether they did.
+report gives the median tokens per second of each. Our float32 variants start from the same seed, so they
+must produce the same tokens: the report says whether they did.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = ("fast", "teaching", "fast-no-cache")
-DEFAULT_VARIANTS = ("fast", "teaching", "fast-no-cache", "transformers")
+OURS = ("fast", "teaching", "fast-no-cache", "fast-bf16")
+DEFAULT_VARIANTS = ("fast", "teaching", "fast-no-cache", "transformers", "fast-bf16", "transformers-bf16")
 SIZES = {  # GPT-2 124M, the sizes of transformers' GPT2Config(); "tiny" for a smoke test
     "124M": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12, "n_layers": 12},
     "tiny": {"vocab_size": 50257, "context_length": 64, "emb_dim": 32, "n_heads": 4, "n_layers": 2},
@@ -57,6 +61,8 @@ def _ours(spec: dict):
     torch.manual_seed(123)
     model = M.GPTModel(cfg).eval()
     M.set_impl(model, "teaching" if spec["variant"].endswith("teaching") else "fast")
+    if spec["variant"].endswith("-bf16"):
+        model.to(torch.bfloat16)
     use_cache = not spec["variant"].endswith("no-cache")
     prompt = torch.randint(0, sizes["vocab_size"], (1, spec["prompt_tokens"]), generator=torch.Generator().manual_seed(7))
 
@@ -76,6 +82,8 @@ def _transformers(spec: dict):
                         n_embd=sizes["emb_dim"], n_layer=sizes["n_layers"], n_head=sizes["n_heads"])
     torch.manual_seed(123)
     model = GPT2LMHeadModel(config).eval()
+    if spec["variant"].endswith("-bf16"):
+        model.to(torch.bfloat16)
     model.generation_config.eos_token_id = None   # never stop early: always produce every token asked for
     model.generation_config.pad_token_id = 50256
     prompt = torch.randint(0, sizes["vocab_size"], (1, spec["prompt_tokens"]), generator=torch.Generator().manual_seed(7))
@@ -92,7 +100,7 @@ def _transformers(spec: dict):
 
 def measure_one(spec: dict) -> dict:
     """One variant in this process: a short warm-up, then ``repeats`` timed runs. Returns a plain record."""
-    build = _transformers if spec["variant"] == "transformers" else _ours
+    build = _transformers if spec["variant"].startswith("transformers") else _ours
     run, info = build(spec)
     import torch
 
@@ -186,7 +194,7 @@ def table(records: list[dict]) -> str:
         vs_base = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else ""
         runs = ", ".join(f"{t:.1f}" for t in r["runs"])
         lines.append(f"| {r['variant']} | {r['tokens_per_s']:.1f} | {runs} | {vs_hf} | {vs_base} |")
-    ours = {v: by[v]["tokens_sha1"] for v in by if v != "transformers"}
+    ours = {v: by[v]["tokens_sha1"] for v in by if not v.startswith("transformers") and not v.endswith("-bf16")}
     if ours:
         same = len({tuple(s) for s in ours.values()}) == 1 and all(len(s) == 1 for s in ours.values())
         lines.append("")
@@ -198,7 +206,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated, from {', '.join(OURS)}, transformers (default: all four)")
+                        help=f"comma-separated, from {', '.join(OURS)}, transformers, transformers-bf16 (default: all)")
     parser.add_argument("--baseline", help="a folder holding an older helpers package to compare with")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 20 new tokens, one round")
     parser.add_argument("--new-tokens", type=int, default=200)

@@ -138,6 +138,10 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
       Once the sequence is longer than ``context_size`` the model must see a sliding window, which
       changes every position, so the cache is dropped and each step reruns the last ``context_size``
       tokens, exactly as without a cache.
+    - A model in bfloat16 (``model.to(torch.bfloat16)``) generates too; the cache takes the model's dtype.
+      On a CPU at batch 1, reading every weight once per token is what takes the time, so half the bytes
+      make generation markedly faster (``python -m benchmarks generation``; numbers in the README); the
+      tokens can differ from float32's wherever two candidates' logits nearly tie.
     """
     check_generation_inputs(model, idx, max_new_tokens, context_size)
     check_sampling(temperature, top_k)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -172,3 +174,16 @@ def test_generate_computes_the_output_head_for_the_last_position_only(tiny):
     finally:
         hook.remove()
     assert rows == [1] * 12
+
+
+def test_a_bfloat16_model_generates_with_the_cache(tiny):
+    idx = torch.randint(0, 50257, (1, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = tiny.eval()(idx)[:, -1]
+    half = copy.deepcopy(tiny).to(torch.bfloat16)
+    out = generate(half, idx, 10, 16, use_cache=True)
+    assert out.shape == (1, 15) and out.dtype == torch.long and torch.equal(out[:, :5], idx)
+    assert half.tok_emb.weight.dtype == torch.bfloat16              # generation leaves the dtype alone
+    with torch.no_grad():
+        logits = half(idx)[:, -1].float()
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0.05)   # bfloat16 rounding, nothing more

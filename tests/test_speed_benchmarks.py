@@ -27,10 +27,10 @@ def test_generation_benchmark_compares_ours_with_transformers_and_a_baseline(tmp
     # the baseline: this very helpers package, found through another folder
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "helpers").symlink_to(REPO / "helpers")
-    stdout = run("benchmarks.generation", "--variants", "fast,teaching,fast-no-cache,transformers",
-                 "--baseline", str(tmp_path / "base"), "--out", str(out))
+    stdout = run("benchmarks.generation", "--baseline", str(tmp_path / "base"), "--out", str(out))
     records = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(records) == {"fast", "teaching", "fast-no-cache", "transformers", "baseline-fast", "baseline-teaching"}
+    assert set(records) == {"fast", "teaching", "fast-no-cache", "transformers", "fast-bf16", "transformers-bf16",
+                            "baseline-fast", "baseline-teaching"}
     assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 20 for r in records.values())
     assert records["baseline-fast"]["helpers"] == str(tmp_path / "base" / "helpers")
     assert records["fast"]["helpers"] == str(REPO / "helpers")
@@ -43,6 +43,14 @@ def test_generation_table_flags_different_tokens():
             {"variant": "transformers", "tokens_per_s": 8.0, "runs": [8.0], "tokens_sha1": ["c"]}]
     text = table(rows)
     assert "| fast | 10.0 | 10.0 | 1.25x |  |" in text and "DIFFERENT" in text
+
+
+def test_generation_table_leaves_bfloat16_out_of_the_same_tokens_check():
+    rows = [{"variant": "fast", "tokens_per_s": 10.0, "runs": [10.0], "tokens_sha1": ["a"]},
+            {"variant": "fast-bf16", "tokens_per_s": 17.0, "runs": [17.0], "tokens_sha1": ["b"]},
+            {"variant": "transformers-bf16", "tokens_per_s": 16.0, "runs": [16.0], "tokens_sha1": ["c"]}]
+    text = table(rows)
+    assert "the same tokens" in text and "fast-bf16'" not in text.split("tokens:")[-1]
 
 
 def test_prefix_cache_benchmark_extrapolates_lecture_04(tmp_path):
