@@ -16,7 +16,7 @@ from helpers import runtime
 from helpers.checkpoints import load_checkpoint, save_checkpoint
 from helpers.generation import generate
 from helpers.losses import calc_loss_batch
-from helpers.model import GPTModel, get_config, set_impl
+from helpers.model import GPTModel, context_length, get_config, set_impl
 from helpers.perf import FastPath, precision, prepare_model
 from helpers.prefix_cache import cache_frozen_prefix
 from helpers.training import make_optimizer, train_step
@@ -60,7 +60,7 @@ def test_logits_on_the_gpu_equal_the_cpus(impl):
 def test_kv_cache_on_the_gpu_gives_the_tokens_of_a_full_rerun():
     model = tiny(drop_rate=0.0).to(CUDA).eval()
     prompt = tokens(rows=1, length=5).to(CUDA)
-    ctx = model.pos_emb.num_embeddings
+    ctx = context_length(model)
     cached = generate(model, prompt, 25, ctx, use_cache=True)
     rerun = generate(model, prompt, 25, ctx, use_cache=False)
     assert cached.device.type == "cuda"
